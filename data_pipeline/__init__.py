@@ -1,0 +1,4 @@
+"""Offline corpus preparation: tokenizer training and corpus -> WebDataset shards + manifest.
+
+Imports no torch: a data-preparation box needs none.
+"""

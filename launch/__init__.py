@@ -1,0 +1,1 @@
+"""Job submission: render a plain launch script (local, torchrun, deepspeed, SLURM) and run it."""

@@ -1,0 +1,1 @@
+"""Pretraining of encoder, decoder and encoder-decoder Transformers with Transformer-XL memory."""

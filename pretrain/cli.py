@@ -1,0 +1,58 @@
+"""`pretrain`: the command-line entry point of the pretraining package.
+
+Each subcommand lives in its own module and is imported only when it runs, so `pretrain --help`
+and config checks stay fast and need neither DeepSpeed nor a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from data_pipeline.config_cli import add_config_arguments, resolve_config
+from pretrain.config import ExperimentConfig
+
+EPILOG = """examples:
+  pretrain config configs/experiments/shakespeare_xl.yaml train.lr=1e-3 --print-config
+  pretrain config configs/experiments/shakespeare_xl.yaml --save-config /tmp/resolved.yaml
+"""
+
+
+def _run_config(args: argparse.Namespace) -> int:
+    config = resolve_config(ExperimentConfig, args)
+    if config is not None and not args.save_config:
+        # Without --print-config or --save-config the check is the product: say it passed.
+        print(f"{args.config}: valid ({config.model.family}, {config.model.n_layers} layers)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pretrain",
+        description="Pretrain Transformer language models with DeepSpeed ZeRO-3.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    config = commands.add_parser(
+        "config",
+        help="resolve, validate and print or save an experiment config",
+        description="Resolve an experiment config (bases and overrides), validate it, and print "
+        "or save the result.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(config, config_help="experiment YAML (e.g. configs/experiments/*.yaml)")
+    config.set_defaults(handler=_run_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

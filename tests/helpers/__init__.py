@@ -1,0 +1,1 @@
+"""Helpers the test suite leans on: tiny configs and real multi-process runs."""

@@ -1,0 +1,186 @@
+"""Run a function or a CLI under ``torchrun --nproc_per_node=N`` on CPU and collect each rank's
+result and output.
+
+Everything is real: torchrun starts N processes, they rendezvous over TCP on 127.0.0.1 and talk
+over gloo, DeepSpeed runs with ``DS_ACCELERATOR=cpu``. Each call has a timeout: a hang kills the
+whole process group and fails the test with every rank's output, instead of stalling CI.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RankResult:
+    rank: int
+    value: Any  # what the function returned (None for CLI runs)
+    output: str  # the rank's stdout and stderr, as the process wrote them
+
+
+@dataclass
+class DistributedRun:
+    returncode: int
+    ranks: list[RankResult]
+    launcher_output: str  # torchrun's own stdout/stderr
+
+    def describe(self) -> str:
+        parts = [f"torchrun exited {self.returncode}", "--- torchrun ---", self.launcher_output]
+        for r in self.ranks:
+            parts += [f"--- rank {r.rank} ---", r.output]
+        return "\n".join(parts)
+
+
+class DistributedRunError(AssertionError):
+    def __init__(self, message: str, run: DistributedRun) -> None:
+        self.run = run
+        super().__init__(f"{message}\n{run.describe()}")
+
+
+def distributed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "DS_ACCELERATOR": "cpu",
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",  # 2 cores, 2 ranks: oversubscribing threads only slows
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+def _torchrun(nproc: int, log_dir: Path, extra_args: Sequence[str] = ()) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        f"--log-dir={log_dir}",
+        "--redirects=3",  # each rank's stdout and stderr go to files under log_dir
+        *extra_args,
+    ]
+
+
+def _rank_outputs(log_dir: Path, nproc: int) -> list[str]:
+    """Collect stdout+stderr for each local rank from torchrun's log directory."""
+    outputs = []
+    for rank in range(nproc):
+        text = []
+        for name in ("stdout.log", "stderr.log"):
+            for path in sorted(log_dir.glob(f"**/attempt_*/{rank}/{name}")):
+                text.append(path.read_text(errors="replace"))
+        outputs.append("".join(text))
+    return outputs
+
+
+def _launch(
+    cmd: list[str],
+    *,
+    nproc: int,
+    log_dir: Path,
+    timeout: float,
+    env: Mapping[str, str] | None,
+    cwd: Path | None,
+) -> tuple[int, str, list[str]]:
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=distributed_env(env),
+        cwd=cwd or REPO_ROOT,
+        start_new_session=True,  # so a timeout can kill torchrun and every rank together
+    )
+    try:
+        launcher_output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        launcher_output, _ = proc.communicate()
+        run = DistributedRun(
+            -9,
+            [RankResult(r, None, o) for r, o in enumerate(_rank_outputs(log_dir, nproc))],
+            launcher_output,
+        )
+        raise DistributedRunError(
+            f"timed out after {timeout:.0f} s: {' '.join(cmd)}", run
+        ) from None
+    return proc.returncode, launcher_output, _rank_outputs(log_dir, nproc)
+
+
+def run_distributed(
+    target: str,
+    *args: Any,
+    workdir: Path,
+    nproc: int = 2,
+    timeout: float = 300,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+) -> DistributedRun:
+    """Call ``target`` ("package.module:function") on every rank with ``args``.
+
+    The function runs after a gloo process group is initialised; it may return tensors, numbers,
+    strings, lists and dicts of those, which come back per rank in ``RankResult.value``.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_dir = workdir / "torchrun-logs"
+    args_path = workdir / "args.pt"
+    torch.save(list(args), args_path)
+    cmd = [
+        *_torchrun(nproc, log_dir),
+        "-m",
+        "tests.helpers.rank_entry",
+        target,
+        str(args_path),
+        str(workdir),
+    ]
+    returncode, launcher_output, outputs = _launch(
+        cmd, nproc=nproc, log_dir=log_dir, timeout=timeout, env=env, cwd=None
+    )
+    ranks = []
+    for rank, output in enumerate(outputs):
+        result_path = workdir / f"result-rank{rank}.pt"
+        value = torch.load(result_path, weights_only=True) if result_path.exists() else None
+        ranks.append(RankResult(rank, value, output))
+    run = DistributedRun(returncode, ranks, launcher_output)
+    if check and returncode != 0:
+        raise DistributedRunError(f"{target} failed", run)
+    return run
+
+
+def run_cli_distributed(
+    module_args: Sequence[str],
+    *,
+    workdir: Path,
+    nproc: int = 2,
+    timeout: float = 600,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    check: bool = True,
+) -> DistributedRun:
+    """Run ``python -m MODULE ARGS...`` under torchrun, e.g. ``["pretrain.cli", "train", cfg]``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_dir = workdir / "torchrun-logs"
+    cmd = [*_torchrun(nproc, log_dir), "-m", *module_args]
+    returncode, launcher_output, outputs = _launch(
+        cmd, nproc=nproc, log_dir=log_dir, timeout=timeout, env=env, cwd=cwd
+    )
+    run = DistributedRun(
+        returncode, [RankResult(r, None, o) for r, o in enumerate(outputs)], launcher_output
+    )
+    if check and returncode != 0:
+        raise DistributedRunError(f"{' '.join(module_args)} failed", run)
+    return run

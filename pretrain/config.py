@@ -209,6 +209,7 @@ class TrackingConfig:
     enabled: bool = True
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else MLflow's local default store
     experiment: str = "pretrain"
+    artifact_location: str | None = None  # for a new experiment; None: the store's default
     run_name: str | None = None
     peak_flops_per_device: float = 989e12  # for MFU; H100/H200 dense bf16
 

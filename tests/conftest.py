@@ -49,7 +49,8 @@ checkpoint:
   dir: {tmp_path / "checkpoints"}
   every_steps: 2
 tracking:
-  uri: file://{tmp_path / "mlruns"}
+  uri: sqlite:///{tmp_path / "mlflow.db"}
+  artifact_location: {tmp_path / "mlartifacts"}
 """
     )
     return load_config(ExperimentConfig, experiment, overrides)

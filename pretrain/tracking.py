@@ -1,0 +1,222 @@
+"""Experiment tracking with MLflow: the only module that imports MLflow.
+
+Only rank 0 talks to the tracking store; other ranks get a tracker that does nothing, so the
+training loop calls the same methods everywhere. The run id is saved in every checkpoint: a resumed
+job continues the same MLflow run instead of starting a new one.
+
+Nothing secret reaches the store: parameter values that look like credentials (URL user-info,
+keys named *secret*, *token*, *password*, *key*) are redacted before logging.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from data_pipeline.configuration import flatten, to_yaml
+from pretrain.config import ExperimentConfig
+
+# MLflow caps a param value at 6000 characters and a batch at 100 params / 1000 metrics.
+_MAX_PARAM_CHARS = 6000
+_PARAM_BATCH = 100
+_METRIC_BATCH = 1000
+_SECRET_KEY = re.compile(r"(secret|token|password|passwd|credential|api_?key|access_?key)", re.I)
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
+
+REDACTED = "***"
+
+
+def redact(key: str, value: Any) -> Any:
+    """A value safe to log: credentials in URLs and secret-named keys are replaced."""
+    if _SECRET_KEY.search(key.rsplit(".", 1)[-1]) and value not in (None, ""):
+        return REDACTED
+    if isinstance(value, str):
+        return _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{REDACTED}@", value)
+    return value
+
+
+def code_version() -> str:
+    """The git commit of the code, with '-dirty' when it has uncommitted changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            raise OSError(commit.stderr)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        return commit.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"mnemos=={version('mnemos')}"
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("torch", "deepspeed", "mlflow", "webdataset", "sentencepiece", "tokenizers"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+class Tracker:
+    """The training loop's view of tracking. This base class is what non-zero ranks (and runs
+    with ``tracking.enabled: false``) use: every call is accepted and nothing is recorded."""
+
+    run_id: str | None = None
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass
+
+
+class MlflowTracker(Tracker):
+    """Rank 0's tracker: one MLflow run, created or resumed."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        *,
+        run_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        # None falls through to $MLFLOW_TRACKING_URI, then MLflow's own local default store.
+        self.tracking_uri: str = config.tracking.uri or mlflow.get_tracking_uri()
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        if run_id is not None:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            experiment = self.client.get_experiment_by_name(config.tracking.experiment)
+            experiment_id = (
+                experiment.experiment_id
+                if experiment is not None
+                else self.client.create_experiment(
+                    config.tracking.experiment, artifact_location=config.tracking.artifact_location
+                )
+            )
+            run = self.client.create_run(
+                experiment_id, run_name=config.tracking.run_name or config.name
+            )
+            self.run_id = run.info.run_id
+        self._log_params(config)
+        self.set_tags(
+            {
+                "code_version": code_version(),
+                "host": socket.gethostname(),
+                **{f"version.{k}": v for k, v in library_versions().items()},
+                **(tags or {}),
+            }
+        )
+        self.log_text(to_yaml(config), "config/resolved.yaml")
+
+    def _log_params(self, config: ExperimentConfig) -> None:
+        assert self.run_id is not None
+        already = self.client.get_run(self.run_id).data.params
+        params = []
+        changed = {}
+        for key, value in flatten(config).items():
+            text = (
+                json.dumps(redact(key, value)) if not isinstance(value, str) else redact(key, value)
+            )
+            text = str(text)[:_MAX_PARAM_CHARS]
+            if key not in already:
+                params.append(Param(key, text))
+            elif already[key] != text:
+                # MLflow params are immutable; a resumed run that changed a value says so in a tag.
+                changed[f"resumed.changed.{key}"] = text
+        for start in range(0, len(params), _PARAM_BATCH):
+            self.client.log_batch(self.run_id, params=params[start : start + _PARAM_BATCH])
+        if changed:
+            self.set_tags(changed)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        assert self.run_id is not None
+        batch = [RunTag(k, str(redact(k, v))[:_MAX_PARAM_CHARS]) for k, v in tags.items()]
+        self.client.log_batch(self.run_id, tags=batch)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        assert self.run_id is not None
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(batch), _METRIC_BATCH):
+            self.client.log_batch(self.run_id, metrics=batch[start : start + _METRIC_BATCH])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        assert self.run_id is not None
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_file(self, path: str | Path, artifact_dir: str | None = None) -> None:
+        assert self.run_id is not None
+        self.client.log_artifact(self.run_id, str(path), artifact_dir)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        assert self.run_id is not None
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def create_tracker(
+    config: ExperimentConfig,
+    *,
+    rank: int,
+    run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Tracker:
+    if rank != 0 or not config.tracking.enabled:
+        return Tracker()
+    return MlflowTracker(config, run_id=run_id, tags=tags)
+
+
+def read_run(tracking_uri: str, run_id: str) -> dict[str, Any]:
+    """A run's status, params, tags, latest metrics and artifact paths (for tests and tools)."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.get_run(run_id)
+    artifacts: list[str] = []
+    pending = [""]
+    while pending:
+        for item in client.list_artifacts(run_id, pending.pop() or None):
+            (pending if item.is_dir else artifacts).append(item.path)
+    return {
+        "status": run.info.status,
+        "params": dict(run.data.params),
+        "tags": dict(run.data.tags),
+        "metrics": dict(run.data.metrics),
+        "artifacts": sorted(artifacts),
+        "history": {
+            key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+            for key in run.data.metrics
+        },
+    }

@@ -1,19 +1,180 @@
-"""`data-pipeline`: offline corpus preparation (subcommands are added by their modules)."""
+"""`data-pipeline`: offline corpus preparation.
+
+data-pipeline train-tokenizer configs/tokenizer/shakespeare_char.yaml
+data-pipeline prepare configs/data/shakespeare_char.yaml --workers 2
+data-pipeline inspect runs/data/shakespeare_char/manifest.json
+data-pipeline verify runs/data/shakespeare_char/manifest.json
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+
+from data_pipeline.config_cli import add_config_arguments, resolve_config
+from data_pipeline.readers import BadInputError
+from data_pipeline.schemas import PrepareConfig, TokenizerTrainingConfig
+from data_pipeline.sources import SourceError
+
+EXAMPLES = {
+    "train-tokenizer": """examples:
+  data-pipeline train-tokenizer configs/tokenizer/shakespeare_char.yaml
+  data-pipeline train-tokenizer configs/tokenizer/wikitext2_unigram.yaml vocab_size=4000
+  data-pipeline train-tokenizer configs/tokenizer/wikitext2_unigram.yaml kind=hf_bpe \\
+      output=runs/tokenizers/wt2_bpe --print-config""",
+    "prepare": """examples:
+  data-pipeline prepare configs/data/shakespeare_char.yaml
+  data-pipeline prepare configs/data/wikitext2.yaml --workers 2 chunk_len=1024
+  # a SLURM array of 8 tasks, then one finalize:
+  data-pipeline prepare configs/data/wikitext2.yaml --num-tasks 8 --task-index $SLURM_ARRAY_TASK_ID
+  data-pipeline finalize configs/data/wikitext2.yaml""",
+    "finalize": """examples:
+  data-pipeline finalize configs/data/wikitext2.yaml""",
+    "inspect": """examples:
+  data-pipeline inspect runs/data/shakespeare_char/manifest.json
+  data-pipeline inspect s3://bucket/datasets/wt2/ --chars 1000""",
+    "verify": """examples:
+  data-pipeline verify runs/data/shakespeare_char/manifest.json
+  data-pipeline verify s3://bucket/datasets/wt2/manifest.json   # exit 1 names every bad shard""",
+}
+
+
+def _sub(subs: argparse._SubParsersAction, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = subs.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=EXAMPLES[name],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="data-pipeline",
         description="Prepare corpora offline: train a tokenizer, write WebDataset shards.",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = _sub(
+        subs, "train-tokenizer", "Train a sentencepiece or HF tokenizer into an artifact directory."
+    )
+    add_config_arguments(p, config_help="tokenizer config (configs/tokenizer/*.yaml)")
+    p.set_defaults(handler=_train_tokenizer)
+
+    p = _sub(
+        subs, "prepare", "Tokenize, pack and shard a corpus (resumable; skips committed units)."
+    )
+    add_config_arguments(p, config_help="data recipe (configs/data/*.yaml)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes (default: CPU count)",
+    )
+    p.add_argument(
+        "--num-tasks",
+        type=int,
+        default=1,
+        help="independent tasks sharing the units (SLURM array size)",
+    )
+    p.add_argument("--task-index", type=int, default=0, help="this task's index in [0, num-tasks)")
+    p.set_defaults(handler=_prepare)
+
+    p = _sub(subs, "finalize", "Write manifest.json once every task's units are committed.")
+    add_config_arguments(p, config_help="data recipe (configs/data/*.yaml)")
+    p.set_defaults(handler=_finalize)
+
+    p = _sub(subs, "inspect", "Summarize a prepared dataset: tokens, documents, shards, samples.")
+    p.add_argument(
+        "manifest", metavar="MANIFEST", help="manifest.json path or URL (or its directory)"
+    )
+    p.add_argument(
+        "--chars", type=int, default=300, help="characters of decoded sample text to show"
+    )
+    p.set_defaults(handler=_inspect)
+
+    p = _sub(subs, "verify", "Check every shard's size, sha256 and samples against the manifest.")
+    p.add_argument(
+        "manifest", metavar="MANIFEST", help="manifest.json path or URL (or its directory)"
+    )
+    p.set_defaults(handler=_verify)
     return parser
+
+
+def _fail(err: Exception) -> int:
+    print(f"error: {err}", file=sys.stderr)
+    return 1
+
+
+def _train_tokenizer(args: argparse.Namespace) -> int:
+    cfg = resolve_config(TokenizerTrainingConfig, args)
+    if cfg is None:
+        return 0
+    from data_pipeline.tokenizer_training import train_tokenizer
+
+    try:
+        train_tokenizer(cfg)
+    except (BadInputError, SourceError, ValueError, OSError) as err:
+        return _fail(err)
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    cfg = resolve_config(PrepareConfig, args)
+    if cfg is None:
+        return 0
+    from data_pipeline.prepare import prepare
+
+    try:
+        prepare(cfg, workers=args.workers, num_tasks=args.num_tasks, task_index=args.task_index)
+    except (BadInputError, SourceError, ValueError, OSError, RuntimeError) as err:
+        return _fail(err)
+    return 0
+
+
+def _finalize(args: argparse.Namespace) -> int:
+    cfg = resolve_config(PrepareConfig, args)
+    if cfg is None:
+        return 0
+    from data_pipeline.prepare import finalize
+
+    try:
+        finalize(cfg)
+    except (ValueError, OSError, RuntimeError) as err:
+        return _fail(err)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from data_pipeline.inspection import summarize
+
+    try:
+        print(summarize(args.manifest, args.chars))
+    except (OSError, ValueError, KeyError) as err:
+        return _fail(err)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from data_pipeline.verify import verify
+
+    try:
+        bad = verify(args.manifest)
+    except (OSError, ValueError, KeyError) as err:
+        return _fail(err)
+    for name, problems in sorted(bad.items()):
+        print(f"BAD {name}: {'; '.join(problems)}")
+    if bad:
+        print(f"{len(bad)} bad shard(s)", file=sys.stderr)
+        return 1
+    print("all shards verified")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

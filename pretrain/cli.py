@@ -14,6 +14,9 @@ from data_pipeline.config_cli import add_config_arguments, resolve_config
 from pretrain.config import ExperimentConfig
 
 EPILOG = """examples:
+  pretrain train configs/experiments/shakespeare_xl.yaml                 # one process
+  torchrun --nproc_per_node=2 -m pretrain.cli train configs/experiments/shakespeare_xl.yaml
+  pretrain train configs/experiments/shakespeare_xl.yaml train.max_steps=50 train.lr=3e-4
   pretrain config configs/experiments/shakespeare_xl.yaml train.lr=1e-3 --print-config
   pretrain config configs/experiments/shakespeare_xl.yaml --save-config /tmp/resolved.yaml
 """
@@ -24,6 +27,23 @@ def _run_config(args: argparse.Namespace) -> int:
     if config is not None and not args.save_config:
         # Without --print-config or --save-config the check is the product: say it passed.
         print(f"{args.config}: valid ({config.model.family}, {config.model.n_layers} layers)")
+    return 0
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    config = resolve_config(ExperimentConfig, args)
+    if config is None:
+        return 0
+    # Imported here: DeepSpeed and the model are heavy, and `pretrain config` needs neither.
+    from pretrain.checkpoint import CheckpointError
+    from pretrain.loader import LoaderStateError, ManifestError
+    from pretrain.trainer import NonFiniteLossError, Trainer
+
+    try:
+        Trainer(config).train()
+    except (CheckpointError, ManifestError, LoaderStateError, NonFiniteLossError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -45,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(config, config_help="experiment YAML (e.g. configs/experiments/*.yaml)")
     config.set_defaults(handler=_run_config)
+    train = commands.add_parser(
+        "train",
+        help="train a model (one process, or under torchrun / deepspeed / SLURM)",
+        description="Train with DeepSpeed (ZeRO-3 by default). Resumes from the newest committed "
+        "checkpoint in checkpoint.dir unless train.resume=never. SIGTERM or SIGUSR1 saves a "
+        "checkpoint at the next step and exits with code 75.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(train, config_help="experiment YAML (e.g. configs/experiments/*.yaml)")
+    train.set_defaults(handler=_run_train)
     return parser
 
 

@@ -17,6 +17,8 @@ SCHEMAS = {
     "model": "pretrain.config:ModelConfig",
     "experiments": "pretrain.config:ExperimentConfig",
     "cluster": "launch.config:ClusterConfig",
+    "data": "data_pipeline.schemas:PrepareConfig",
+    "tokenizer": "data_pipeline.schemas:TokenizerTrainingConfig",
 }
 
 CONFIG_FILES = sorted((REPO_ROOT / "configs").rglob("*.yaml"))
@@ -33,7 +35,7 @@ def schema_for(path: Path) -> type:
 
 def test_configs_exist() -> None:
     folders = {p.relative_to(REPO_ROOT / "configs").parts[0] for p in CONFIG_FILES}
-    assert {"model", "experiments", "cluster"} <= folders
+    assert set(SCHEMAS) <= folders
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(REPO_ROOT)))

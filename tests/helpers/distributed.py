@@ -8,6 +8,7 @@ whole process group and fails the test with every rank's output, instead of stal
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -87,38 +88,68 @@ def _rank_outputs(log_dir: Path, nproc: int) -> list[str]:
     return outputs
 
 
-def _launch(
-    cmd: list[str],
-    *,
-    nproc: int,
-    log_dir: Path,
-    timeout: float,
-    env: Mapping[str, str] | None,
-    cwd: Path | None,
-) -> tuple[int, str, list[str]]:
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=distributed_env(env),
-        cwd=cwd or REPO_ROOT,
-        start_new_session=True,  # so a timeout can kill torchrun and every rank together
-    )
-    try:
-        launcher_output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        launcher_output, _ = proc.communicate()
-        run = DistributedRun(
-            -9,
-            [RankResult(r, None, o) for r, o in enumerate(_rank_outputs(log_dir, nproc))],
+class RunningJob:
+    """A torchrun job started in its own process group: wait for it, or kill it and every rank."""
+
+    def __init__(
+        self,
+        cmd: list[str],
+        *,
+        nproc: int,
+        log_dir: Path,
+        env: Mapping[str, str] | None,
+        cwd: Path | None,
+    ) -> None:
+        self.cmd, self.nproc, self.log_dir = cmd, nproc, log_dir
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=distributed_env(env),
+            cwd=cwd or REPO_ROOT,
+            start_new_session=True,  # so a timeout can kill torchrun and every rank together
+        )
+
+    def rank_pids(self) -> list[int]:
+        """PIDs of the rank processes (torchrun's children)."""
+        import psutil
+
+        return [child.pid for child in psutil.Process(self.proc.pid).children()]
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal torchrun and every rank. torchrun starts each rank in a session of its own,
+        so killing torchrun's process group alone would leave the ranks running."""
+        import psutil
+
+        try:
+            ranks = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            ranks = []
+        for process in [*ranks]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.send_signal(sig)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def wait(self, timeout: float) -> DistributedRun:
+        try:
+            launcher_output, _ = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            launcher_output, _ = self.proc.communicate()
+            outputs = _rank_outputs(self.log_dir, self.nproc)
+            run = DistributedRun(
+                -9, [RankResult(r, None, o) for r, o in enumerate(outputs)], launcher_output
+            )
+            command = " ".join(self.cmd)
+            raise DistributedRunError(f"timed out after {timeout:.0f} s: {command}", run) from None
+        outputs = _rank_outputs(self.log_dir, self.nproc)
+        return DistributedRun(
+            self.proc.returncode,
+            [RankResult(r, None, o) for r, o in enumerate(outputs)],
             launcher_output,
         )
-        raise DistributedRunError(
-            f"timed out after {timeout:.0f} s: {' '.join(cmd)}", run
-        ) from None
-    return proc.returncode, launcher_output, _rank_outputs(log_dir, nproc)
 
 
 def run_distributed(
@@ -147,18 +178,29 @@ def run_distributed(
         str(args_path),
         str(workdir),
     ]
-    returncode, launcher_output, outputs = _launch(
-        cmd, nproc=nproc, log_dir=log_dir, timeout=timeout, env=env, cwd=None
-    )
-    ranks = []
-    for rank, output in enumerate(outputs):
-        result_path = workdir / f"result-rank{rank}.pt"
-        value = torch.load(result_path, weights_only=True) if result_path.exists() else None
-        ranks.append(RankResult(rank, value, output))
-    run = DistributedRun(returncode, ranks, launcher_output)
-    if check and returncode != 0:
+    run = RunningJob(cmd, nproc=nproc, log_dir=log_dir, env=env, cwd=None).wait(timeout)
+    for rank in run.ranks:
+        result_path = workdir / f"result-rank{rank.rank}.pt"
+        if result_path.exists():
+            rank.value = torch.load(result_path, weights_only=True)
+    if check and run.returncode != 0:
         raise DistributedRunError(f"{target} failed", run)
     return run
+
+
+def start_cli_distributed(
+    module_args: Sequence[str],
+    *,
+    workdir: Path,
+    nproc: int = 2,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> RunningJob:
+    """Start ``python -m MODULE ARGS...`` under torchrun without waiting for it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_dir = workdir / f"torchrun-logs-{len(list(workdir.glob('torchrun-logs-*')))}"
+    cmd = [*_torchrun(nproc, log_dir), "-m", *module_args]
+    return RunningJob(cmd, nproc=nproc, log_dir=log_dir, env=env, cwd=cwd)
 
 
 def run_cli_distributed(
@@ -172,15 +214,8 @@ def run_cli_distributed(
     check: bool = True,
 ) -> DistributedRun:
     """Run ``python -m MODULE ARGS...`` under torchrun, e.g. ``["pretrain.cli", "train", cfg]``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    log_dir = workdir / "torchrun-logs"
-    cmd = [*_torchrun(nproc, log_dir), "-m", *module_args]
-    returncode, launcher_output, outputs = _launch(
-        cmd, nproc=nproc, log_dir=log_dir, timeout=timeout, env=env, cwd=cwd
-    )
-    run = DistributedRun(
-        returncode, [RankResult(r, None, o) for r, o in enumerate(outputs)], launcher_output
-    )
-    if check and returncode != 0:
+    job = start_cli_distributed(module_args, workdir=workdir, nproc=nproc, env=env, cwd=cwd)
+    run = job.wait(timeout)
+    if check and run.returncode != 0:
         raise DistributedRunError(f"{' '.join(module_args)} failed", run)
     return run

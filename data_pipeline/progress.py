@@ -1,0 +1,67 @@
+"""Progress of a long step: documents, tokens and input MB/s every few seconds, then a summary.
+
+Workers send increments through a queue; one thread in the parent process prints them, so the
+output is one readable line at a time whatever the number of workers."""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from typing import Any, TextIO
+
+
+class Progress:
+    def __init__(
+        self, label: str, total_units: int, stream: TextIO = sys.stderr, every_s: float = 2.0
+    ) -> None:
+        self.label, self.total_units, self.stream, self.every_s = (
+            label,
+            total_units,
+            stream,
+            every_s,
+        )
+        self.units = 0
+        self.documents = 0
+        self.tokens = 0
+        self.bytes_in = 0
+        self.started = time.monotonic()
+        self._last = self.started
+        self._lock = threading.Lock()
+
+    def add(self, documents: int = 0, tokens: int = 0, bytes_in: int = 0, units: int = 0) -> None:
+        with self._lock:
+            self.documents += documents
+            self.tokens += tokens
+            self.bytes_in += bytes_in
+            self.units += units
+            now = time.monotonic()
+            if now - self._last >= self.every_s or units:
+                self._last = now
+                self.stream.write(self.line() + "\n")
+                self.stream.flush()
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        return (
+            f"[{self.label}] units {self.units}/{self.total_units} | "
+            f"documents {self.documents:,} | "
+            f"tokens {self.tokens:,} | {self.bytes_in / 1e6:.1f} MB in, "
+            f"{self.bytes_in / 1e6 / elapsed:.2f} MB/s | {elapsed:.1f}s"
+        )
+
+    def drain(self, q: Any, stop: threading.Event) -> threading.Thread:
+        """Start a thread applying increments ``(documents, tokens, bytes_in)`` from ``q``."""
+
+        def run() -> None:
+            while not stop.is_set() or not q.empty():
+                try:
+                    item = q.get(timeout=0.2)
+                except (queue.Empty, EOFError, OSError):
+                    continue
+                self.add(*item)
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread

@@ -1,0 +1,330 @@
+"""Documents out of one work unit, for every input format, with the bad-input policy applied.
+
+Bad input is either counted by reason (``skip``) or raised as `BadInputError` naming the file and
+line (``fail``). Either way the outcome depends only on the bytes, so reruns agree. Memory stays
+bounded: lines are read in blocks and an over-long line is counted, not held.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import lzma
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from data_pipeline.schemas import SourceConfig
+from data_pipeline.sources import decompressing, open_raw
+from data_pipeline.units import WorkUnit, find_boundary, is_blank
+
+BLOCK = 1 << 20
+
+# What a broken compressed stream raises: truncated gzip -> EOFError, bad header -> OSError
+# (BadGzipFile), and the codecs' own errors.
+try:
+    import zstandard
+
+    _CODEC_ERRORS: tuple[type[BaseException], ...] = (
+        EOFError,
+        zlib.error,
+        lzma.LZMAError,
+        zstandard.ZstdError,
+        ValueError,
+    )
+except ImportError:  # pragma: no cover - zstandard is a dependency
+    _CODEC_ERRORS = (EOFError, zlib.error, lzma.LZMAError, ValueError)
+
+
+class BadInputError(ValueError):
+    """Input that the ``fail`` policy refuses; the message starts with ``path:line:``."""
+
+
+@dataclass
+class Document:
+    text: str
+    nbytes: int  # UTF-8 bytes of ``text``
+    line: int  # 1-based line (row, for parquet) where it starts, counted from the unit start
+
+
+class _HashingReader:
+    """Counts and hashes the bytes read from the stored file (before decompression)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+        self.count = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.sha.update(data)
+        self.count += len(data)
+        return data
+
+    read1 = read  # never let a caller bypass the count through __getattr__
+
+    def drain(self) -> None:
+        while self.read(BLOCK):
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+class UnitReader:
+    """Iterate `documents()`; afterwards ``counters`` (skipped by reason), ``bytes_read`` and
+    ``sha256`` (of the stored bytes this unit covers) describe what was read."""
+
+    def __init__(self, unit: WorkUnit, cfg: SourceConfig) -> None:
+        self.unit = unit
+        self.cfg = cfg
+        self.skipped: Counter[str] = Counter()
+        self.bytes_read = 0
+        self.sha256: str | None = None
+        self._line_base = 0  # lines before the unit's real start (for error messages)
+        self._real_start = 0
+
+    # -- policy ---------------------------------------------------------------------------
+    def bad(self, reason: str, line: int, detail: str = "") -> None:
+        if self.cfg.on_error == "fail":
+            where = self._absolute_line(line)
+            more = f" ({detail})" if detail else ""
+            raise BadInputError(f"{self.unit.source.path}:{where}: {reason}{more}")
+        self.skipped[reason] += 1
+
+    def _absolute_line(self, line: int) -> int:
+        if self._real_start == 0:
+            return line
+        # Only on the failure path: count the newlines before this unit's range.
+        count = 0
+        with open_raw(self.unit.source.url, self.cfg.storage_options) as f:
+            left = self._real_start
+            while left > 0:
+                block = f.read(min(BLOCK, left))
+                if not block:
+                    break
+                count += block.count(b"\n")
+                left -= len(block)
+        return count + line
+
+    # -- reading --------------------------------------------------------------------------
+    def documents(self) -> Iterator[Document]:
+        try:
+            raw = open_raw(self.unit.source.url, self.cfg.storage_options)
+        except OSError as err:
+            self.bad("unreadable_file", 0, err.strerror or type(err).__name__)
+            return
+        with raw:
+            if self.cfg.format == "parquet":
+                yield from self._parquet(raw)
+            elif self.unit.is_whole_file:
+                yield from self._whole_file(raw)
+            else:
+                yield from self._range(raw)
+
+    def _whole_file(self, raw: IO[bytes]) -> Iterator[Document]:
+        hashing = _HashingReader(raw)
+        stream = decompressing(hashing, self.unit.source.compression)  # type: ignore[arg-type]
+        line = 0
+        try:
+            for line, data in self._lines(stream, None):
+                yield from self._from_line(line, data)
+            yield from self._flush(line + 1)
+            hashing.drain()
+        except _CODEC_ERRORS as err:
+            self.bad("corrupt_input", line + 1, f"{type(err).__name__}: {err}")
+            self.pending = None
+        except OSError as err:  # BadGzipFile and read failures
+            self.bad("corrupt_input", line + 1, f"{type(err).__name__}: {err}")
+            self.pending = None
+        self.bytes_read = hashing.count
+        self.sha256 = hashing.sha.hexdigest()
+
+    def _range(self, raw: IO[bytes]) -> Iterator[Document]:
+        u, size = self.unit, self.unit.source.size
+        mode, fmt = self.cfg.text_mode, self.cfg.format
+        first = find_boundary(raw, u.start, size, mode, fmt, stop=u.end)
+        if first is None or first >= min(u.end, u.limit):
+            # No boundary inside the nominal range: the previous unit reads past it.
+            self.sha256 = hashlib.sha256().hexdigest()
+            return
+        start = first
+        last = find_boundary(raw, u.end, size, mode, fmt)
+        end = min(size if last is None else last, u.limit)
+        self._real_start = start
+        raw.seek(start)
+        sha = hashlib.sha256()
+        line = 0
+        for line, data in self._lines(raw, max(0, end - start), sha):
+            yield from self._from_line(line, data)
+        yield from self._flush(line + 1)
+        self.bytes_read = max(0, end - start)
+        self.sha256 = sha.hexdigest()
+
+    def _lines(
+        self, stream: IO[bytes], limit: int | None, sha: Any = None
+    ) -> Iterator[tuple[int, bytes | None]]:
+        """(1-based line number, line bytes with newline, or None when over the size limit)."""
+        max_line = self.cfg.max_document_bytes
+        parts: list[bytes] = []
+        length = 0
+        number = 0
+        left = limit
+        # read1 returns what is decoded so far: a truncated compressed stream then loses only
+        # its last block, not everything a read(BLOCK) had gathered before the error.
+        read = getattr(stream, "read1", stream.read) if limit is None else stream.read
+        while left is None or left > 0:
+            block = read(BLOCK if left is None else min(BLOCK, left))
+            if not block:
+                break
+            if left is not None:
+                left -= len(block)
+            if sha is not None:
+                sha.update(block)
+            pieces = block.split(b"\n")
+            for piece in pieces[:-1]:
+                number += 1
+                length += len(piece) + 1
+                if length > max_line:
+                    yield number, None
+                else:
+                    parts.append(piece)
+                    parts.append(b"\n")
+                    yield number, b"".join(parts)
+                parts, length = [], 0
+            tail = pieces[-1]
+            length += len(tail)
+            if length <= max_line:
+                parts.append(tail)
+            else:
+                parts = []
+        if length:
+            number += 1
+            yield number, (b"".join(parts) if length <= max_line else None)
+
+    # -- formats --------------------------------------------------------------------------
+    pending: list[bytes] | None = None  # text file/paragraphs: lines of the open document
+    pending_line = 0
+    pending_bytes = 0
+    pending_too_long = False
+
+    def _decode(self, data: bytes, line: int) -> str | None:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            self.bad("invalid_utf8", line, f"byte {err.start}: {err.reason}")
+            return None
+
+    def _emit(self, data: bytes, line: int) -> Iterator[Document]:
+        text = self._decode(data, line)
+        if text is None:
+            return
+        if not text.strip():
+            self.bad("empty_document", line)
+            return
+        yield Document(text, len(data), line)
+
+    def _from_line(self, line: int, data: bytes | None) -> Iterator[Document]:
+        fmt, mode = self.cfg.format, self.cfg.text_mode
+        if fmt == "jsonl":
+            if data is None:
+                self.bad(
+                    "too_long", line, f"line over max_document_bytes={self.cfg.max_document_bytes}"
+                )
+            elif not data.strip():
+                self.bad("empty_document", line)
+            else:
+                yield from self._json_line(data, line)
+        elif mode == "lines":
+            if data is None:
+                self.bad(
+                    "too_long", line, f"line over max_document_bytes={self.cfg.max_document_bytes}"
+                )
+            else:
+                yield from self._emit(_chomp(data), line)
+        elif mode == "paragraphs" and data is not None and is_blank(data):
+            yield from self._flush(line)
+        else:  # a line of the open document (file mode, or a paragraph's line)
+            if self.pending is None:
+                self.pending, self.pending_line = [], line
+                self.pending_bytes, self.pending_too_long = 0, False
+            self.pending_bytes += len(data) if data is not None else self.cfg.max_document_bytes + 1
+            if data is None or self.pending_bytes > self.cfg.max_document_bytes:
+                self.pending_too_long, self.pending = True, []
+            elif not self.pending_too_long:
+                self.pending.append(data)
+
+    def _flush(self, line: int) -> Iterator[Document]:
+        if self.pending is None:
+            return
+        lines, first = self.pending, self.pending_line
+        self.pending = None
+        if self.pending_too_long:
+            self.bad(
+                "too_long", first, f"document over max_document_bytes={self.cfg.max_document_bytes}"
+            )
+            return
+        data = b"".join(lines)
+        # Paragraphs end at their last newline (EOS stands for it); file mode keeps every byte.
+        yield from self._emit(_chomp(data) if self.cfg.text_mode == "paragraphs" else data, first)
+
+    def _json_line(self, data: bytes, line: int) -> Iterator[Document]:
+        try:
+            record = json.loads(data)
+        except UnicodeDecodeError as err:
+            self.bad("invalid_utf8", line, str(err))
+            return
+        except json.JSONDecodeError as err:
+            self.bad("invalid_json", line, f"{err.msg} at column {err.colno}")
+            return
+        field = self.cfg.text_field
+        value = record.get(field) if isinstance(record, dict) else None
+        if not isinstance(value, str):
+            self.bad("missing_field", line, f"no string field {field!r}")
+            return
+        encoded = value.encode("utf-8", errors="surrogatepass")
+        if len(encoded) > self.cfg.max_document_bytes:
+            self.bad(
+                "too_long", line, f"document over max_document_bytes={self.cfg.max_document_bytes}"
+            )
+            return
+        # JSON escapes can carry lone surrogates (\ud800): not text, and not encodable.
+        yield from self._emit(encoded, line)
+
+    def _parquet(self, raw: IO[bytes]) -> Iterator[Document]:
+        import pyarrow.parquet as pq
+
+        hashing = _HashingReader(raw)
+        try:
+            pfile = pq.ParquetFile(raw)
+            names = pfile.schema_arrow.names
+            if self.cfg.text_field not in names:
+                self.bad("missing_field", 0, f"no column {self.cfg.text_field!r} (has {names})")
+                return
+            row = 0
+            for batch in pfile.iter_batches(columns=[self.cfg.text_field], batch_size=1024):
+                for value in batch.column(0).to_pylist():
+                    row += 1
+                    if not isinstance(value, str):
+                        self.bad("missing_field", row, f"row has no string {self.cfg.text_field!r}")
+                        continue
+                    data = value.encode("utf-8", errors="surrogatepass")
+                    if len(data) > self.cfg.max_document_bytes:
+                        self.bad("too_long", row, "document over max_document_bytes")
+                        continue
+                    yield from self._emit(data, row)
+        except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
+            self.bad("corrupt_input", 0, f"{type(err).__name__}: {err}")
+        finally:
+            raw.seek(0)
+            hashing.drain()
+            self.bytes_read = hashing.count
+            self.sha256 = hashing.sha.hexdigest()
+
+
+def _chomp(data: bytes) -> bytes:
+    if data.endswith(b"\r\n"):
+        return data[:-2]
+    return data[:-1] if data.endswith(b"\n") else data

@@ -1,0 +1,108 @@
+"""One work unit: read its documents, tokenize them in batches, split, deduplicate, pack and
+write its shards, then commit its marker. The marker is written after every shard is in place,
+so a unit with a marker is complete and a unit without one is redone from scratch (its shard
+names are rewritten with the same bytes)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from data_pipeline.manifest import unit_marker_name
+from data_pipeline.readers import Document, UnitReader
+from data_pipeline.schemas import PrepareConfig
+from data_pipeline.shard_writer import SplitStream
+from data_pipeline.storage import Output
+from data_pipeline.tokenizer import Tokenizer
+from data_pipeline.units import WorkUnit
+
+BATCH_BYTES = 4 << 20  # also flush a batch at this much text: bounds memory on long documents
+
+Report = Callable[[int, int, int], None]  # (documents, tokens, bytes_in) increments
+
+
+def validation_by_hash(data: bytes, salt: bytes, fraction: float) -> bool:
+    """A document's split from its content alone: stable under reordering, reruns, and unit
+    boundaries."""
+    h = hashlib.blake2b(data, digest_size=8, key=salt[:64]).digest()
+    return int.from_bytes(h, "big") < fraction * 2**64
+
+
+def run_unit(
+    unit: WorkUnit,
+    cfg: PrepareConfig,
+    tok: Tokenizer,
+    out: Output,
+    config_hash: str,
+    report: Report | None = None,
+) -> dict[str, Any]:
+    reader = UnitReader(unit, cfg.source)
+    streams = {
+        split: SplitStream(
+            out, split, unit.index, cfg.chunk_len, tok.dtype, cfg.shard_bytes, tok.special_ids.eos
+        )
+        for split in ("train", "validation")
+    }
+    batches: dict[str, list[Document]] = {"train": [], "validation": []}
+    batch_bytes = {"train": 0, "validation": 0}
+    seen: set[bytes] = set()
+    documents_read = duplicates = 0
+    salt = cfg.split.salt.encode("utf-8")
+
+    def flush(split: str) -> None:
+        docs = batches[split]
+        if not docs:
+            return
+        ids = tok.encode_batch([d.text for d in docs])
+        streams[split].add(ids, [d.nbytes for d in docs])
+        if report is not None:
+            report(len(docs), sum(len(i) for i in ids), 0)
+        batches[split], batch_bytes[split] = [], 0
+
+    for doc in reader.documents():
+        documents_read += 1
+        data = doc.text.encode("utf-8")
+        if cfg.dedup:
+            digest = hashlib.blake2b(data, digest_size=16).digest()
+            if digest in seen:
+                duplicates += 1
+                continue
+            seen.add(digest)
+        if unit.split is not None:
+            split = unit.split
+        else:
+            split = (
+                "validation"
+                if validation_by_hash(data, salt, cfg.split.validation_fraction)
+                else "train"
+            )
+        batches[split].append(doc)
+        batch_bytes[split] += doc.nbytes
+        if len(batches[split]) >= cfg.encode_batch_documents or batch_bytes[split] >= BATCH_BYTES:
+            flush(split)
+    for split in streams:
+        flush(split)
+    dropped = {split: s.finish() for split, s in streams.items()}
+    if report is not None:
+        report(0, 0, reader.bytes_read)
+    marker = {
+        "unit": unit.index,
+        "config_hash": config_hash,
+        "source": {
+            "path": unit.source.path,
+            "size": unit.source.size,
+            "range": [unit.start, unit.end],
+            "sha256": reader.sha256,
+        },
+        "splits": {split: {"shards": s.shards} for split, s in streams.items()},
+        "counters": {
+            "documents_read": documents_read,
+            "skipped": dict(sorted(reader.skipped.items())),
+            "duplicates_dropped": duplicates,
+            "bytes_read": reader.bytes_read,
+            "tail_tokens_dropped": sum(dropped.values()),
+        },
+    }
+    out.commit_json(unit_marker_name(unit.index), marker)
+    return marker

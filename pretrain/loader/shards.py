@@ -1,0 +1,166 @@
+"""Stream the samples of one WebDataset shard through fsspec, validating each before use.
+
+A sample is yielded only when it is complete and well formed (both members present, tokens of
+the manifest's dtype and exactly ``chunk_len`` long, meta JSON with in-range document starts),
+so a truncated or corrupt shard can never produce a partial sample. What happens at the first
+bad byte depends on ``on_bad_shard``: ``"fail"`` raises `ShardError` naming the shard, ``"skip"``
+abandons the rest of the shard, counts what was lost in `BadShardStats` and warns.
+
+Shards are read sequentially (tar is a sequential format); resuming at sample ``k`` reads past
+the first ``k`` samples without decoding them.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import tarfile
+import threading
+import warnings
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import fsspec
+import numpy as np
+from webdataset.tariterators import tar_file_iterator
+
+from pretrain.loader.manifest import ShardInfo
+
+OnBadShard = Literal["fail", "skip"]
+TOKENS_MEMBER = "tokens.npy"
+META_MEMBER = "meta.json"
+
+
+class ShardError(RuntimeError):
+    """A shard is missing, truncated or corrupt; the message names it."""
+
+
+@dataclass
+class BadShardStats:
+    """What lenient mode has skipped so far in this process (thread-safe counters)."""
+
+    shards: int = 0
+    samples: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, samples: int) -> None:
+        with self._lock:
+            self.shards += 1
+            self.samples += samples
+
+
+@dataclass(frozen=True)
+class Sample:
+    index: int  # position of the sample within its shard
+    tokens: np.ndarray  # (chunk_len,) uint16 or uint32, as stored
+    doc_starts: tuple[int, ...]  # offsets in the chunk where a document begins
+    utf8_bytes: int
+
+
+class _BadSampleError(ValueError):
+    pass
+
+
+@functools.lru_cache(maxsize=8)
+def _npy_header(dtype: str, chunk_len: int) -> bytes:
+    """The exact header `np.save` writes for a (chunk_len,) array of dtype."""
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(chunk_len, dtype=dtype))
+    return buf.getvalue()[: -chunk_len * np.dtype(dtype).itemsize]
+
+
+def _load_tokens(data: bytes, dtype: str, chunk_len: int) -> np.ndarray:
+    # np.load parses the header with ast.literal_eval, a third of the decode time; when the
+    # header is byte-for-byte the one np.save writes for the expected shape, skip it.
+    header = _npy_header(dtype, chunk_len)
+    if data.startswith(header) and len(data) == len(header) + chunk_len * np.dtype(dtype).itemsize:
+        return np.frombuffer(data, dtype=dtype, offset=len(header))
+    return np.load(io.BytesIO(data), allow_pickle=False)  # any other header: checked below
+
+
+def _decode(key: str, members: dict[str, bytes], *, dtype: str, chunk_len: int) -> Sample:
+    index_hint = key
+    if set(members) != {TOKENS_MEMBER, META_MEMBER}:
+        raise _BadSampleError(f"sample {index_hint!r} has members {sorted(members)}")
+    try:
+        tokens = _load_tokens(members[TOKENS_MEMBER], dtype, chunk_len)
+        meta = json.loads(members[META_MEMBER])
+        doc_starts = tuple(int(x) for x in meta["doc_starts"])
+        utf8_bytes = int(meta["utf8_bytes"])
+    except (ValueError, KeyError, TypeError, EOFError, OSError) as exc:
+        raise _BadSampleError(f"sample {index_hint!r} does not decode: {exc}") from exc
+    if tokens.ndim != 1 or tokens.dtype != np.dtype(dtype) or tokens.shape[0] != chunk_len:
+        raise _BadSampleError(
+            f"sample {index_hint!r} has tokens {tokens.dtype}{list(tokens.shape)}, "
+            f"expected {dtype}[{chunk_len}]"
+        )
+    if any(not 0 <= d < chunk_len for d in doc_starts):
+        raise _BadSampleError(f"sample {index_hint!r} has doc_starts outside [0, {chunk_len})")
+    return Sample(index=-1, tokens=tokens, doc_starts=doc_starts, utf8_bytes=utf8_bytes)
+
+
+def _split_name(fname: str) -> tuple[str, str]:
+    # The key is everything before the first dot of the last path component (WebDataset's rule).
+    head, _, tail = fname.rpartition("/")
+    base, dot, ext = tail.partition(".")
+    if not dot:
+        raise _BadSampleError(f"member {fname!r} has no extension")
+    return (f"{head}/{base}" if head else base), ext
+
+
+def _grouped(fileobj: Any) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {member: bytes}) per sample, in tar order; the grouping WebDataset does."""
+    key: str | None = None
+    members: dict[str, bytes] = {}
+    for item in tar_file_iterator(fileobj):
+        k, ext = _split_name(item["fname"])
+        if k != key:
+            if key is not None:
+                yield key, members
+            key, members = k, {}
+        if ext in members:
+            raise _BadSampleError(f"sample {k!r} has {ext} twice")
+        members[ext] = item["data"]
+    if key is not None:
+        yield key, members
+
+
+def iter_shard(
+    shard: ShardInfo,
+    *,
+    start: int,
+    dtype: str,
+    chunk_len: int,
+    on_bad_shard: OnBadShard,
+    stats: BadShardStats,
+    storage_options: dict[str, Any] | None = None,
+) -> Generator[Sample, None, None]:
+    """Yield the valid samples of ``shard`` from sample ``start`` on (``Sample.index`` set)."""
+    good = 0
+    try:
+        with fsspec.open(shard.url, "rb", **(storage_options or {})) as f:
+            for index, (key, members) in enumerate(_grouped(f)):
+                if index >= shard.samples:
+                    raise _BadSampleError(f"more samples than the manifest's {shard.samples}")
+                if index < start:
+                    good += 1  # counted but not decoded: resuming mid-shard stays cheap
+                    continue
+                sample = _decode(key, members, dtype=dtype, chunk_len=chunk_len)
+                good += 1
+                yield Sample(index, sample.tokens, sample.doc_starts, sample.utf8_bytes)
+        if good != shard.samples:
+            raise _BadSampleError(f"{good} samples, the manifest says {shard.samples} (truncated?)")
+    except (_BadSampleError, tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        if on_bad_shard == "fail":
+            raise ShardError(f"bad shard {shard.url}: {reason}") from exc
+        lost = shard.samples - good
+        stats.add(lost)
+        warnings.warn(
+            f"skipping the rest of bad shard {shard.url} ({lost} of {shard.samples} samples "
+            f"lost; {stats.shards} bad shards so far): {reason}",
+            RuntimeWarning,
+            stacklevel=2,
+        )

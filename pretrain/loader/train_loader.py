@@ -1,0 +1,174 @@
+"""`TrainLoader`: each rank's training batches, Transformer-XL ordered, resumable exactly.
+
+Rank r owns the global streams ``r*S .. r*S+S-1`` with S = micro_batch_size x grad_accum; row b
+of micro-batch k is stream ``r*S + k*micro_batch_size + b`` at every step, so that row continues
+the same text from step to step (and across gradient accumulation). A background thread builds
+whole steps ahead into a bounded buffer; each step carries the stream positions *after* it, and
+`state_dict()` reports the positions of the last step the trainer took, never the read-ahead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pretrain.config import DataConfig
+from pretrain.loader.collate import Batch, Objective
+from pretrain.loader.dataset import SplitSource
+from pretrain.loader.order import StreamPlan, seed_int
+from pretrain.loader.prefetch import Prefetcher
+from pretrain.loader.state import make_state, positions_for
+from pretrain.loader.stream import Position, TokenStream
+
+Step = tuple[list[Batch], dict[int, Position]]
+
+
+class TrainLoader:
+    """Batches of the training split for one rank. See docs/loader.md."""
+
+    def __init__(
+        self,
+        manifest_url: str,
+        *,
+        rank: int,
+        world_size: int,
+        micro_batch_size: int,
+        grad_accum: int,
+        seq_len: int,
+        objective: Objective,
+        seed: int,
+        data_config: DataConfig | None = None,
+        expected_tokenizer_hash: str | None = None,
+        expected_vocab_size: int | None = None,
+        expected_dtype: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
+        self.data_config = data_config or DataConfig()
+        self.data_config.validate()
+        self.source = SplitSource.open(
+            manifest_url,
+            self.data_config.train_split,
+            self.data_config,
+            expected_tokenizer_hash=expected_tokenizer_hash,
+            expected_vocab_size=expected_vocab_size,
+            expected_dtype=expected_dtype,
+            storage_options=storage_options,
+        )
+        self.rank, self.world_size = rank, world_size
+        self.micro_batch_size, self.grad_accum = micro_batch_size, grad_accum
+        self.seq_len, self.objective, self.seed = seq_len, objective, seed
+        self.collator = self.source.collator(objective)
+        self.streams_per_rank = micro_batch_size * grad_accum
+        self.num_streams = world_size * self.streams_per_rank
+        split = self.source.split
+        if split.samples < self.num_streams:
+            raise ValueError(
+                f"split {split.name!r} has {split.samples} samples, fewer than the "
+                f"{self.num_streams} streams (world_size x micro_batch_size x grad_accum); "
+                "prepare more data or a smaller chunk_len"
+            )
+        self.plan = StreamPlan(
+            split.shards,
+            fingerprint=self.fingerprint,
+            seed=seed,
+            num_streams=self.num_streams,
+        )
+        first = rank * self.streams_per_rank
+        self.stream_ids = list(range(first, first + self.streams_per_rank))
+        self._positions: dict[int, Position] = {g: (0, 0, 0) for g in self.stream_ids}
+        self._streams: list[TokenStream] = []
+        self._prefetcher: Prefetcher[Step] | None = None
+
+    # -- what the trainer reads about the data -------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        return self.source.manifest.fingerprint
+
+    @property
+    def tokens(self) -> int:
+        return self.source.split.tokens
+
+    @property
+    def utf8_bytes(self) -> int:
+        return self.source.split.utf8_bytes
+
+    @property
+    def bad_shards(self) -> tuple[int, int]:
+        """(shards, samples) skipped so far in lenient mode, in this process."""
+        return self.source.bad_shards.shards, self.source.bad_shards.samples
+
+    # -- iteration ------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._streams = [
+            TokenStream(self.plan, g, self._positions[g], self.source.open_shard)
+            for g in self.stream_ids
+        ]
+        self._prefetcher = Prefetcher(self._produce_step, self.data_config.prefetch_batches)
+
+    def _produce_step(self) -> Step:
+        read, advance = self.collator.segment_tokens(self.seq_len)
+        batches = []
+        b = self.micro_batch_size
+        for k in range(self.grad_accum):
+            rows = []
+            for stream in self._streams[k * b : (k + 1) * b]:
+                # The seed names the segment by its stream and start position only.
+                seed = seed_int(self.seed, self.objective, stream.stream, *stream.position)
+                tokens, doc_start = stream.take(read, advance)
+                rows.append((tokens, doc_start, seed))
+            batches.append(self.collator(rows, self.seq_len))
+        return batches, {s.stream: s.position for s in self._streams}
+
+    def next_step(self) -> list[Batch]:
+        """The grad_accum micro-batches of the next optimizer step."""
+        if self._prefetcher is None:
+            self._start()
+        assert self._prefetcher is not None
+        batches, positions = self._prefetcher.get()
+        self._positions = positions
+        return batches
+
+    def _stop(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+        for stream in self._streams:
+            stream.close()
+        self._streams = []
+
+    def close(self) -> None:
+        self._stop()
+
+    def __enter__(self) -> TrainLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- checkpointing --------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Positions after the last step returned by `next_step` (not the read-ahead)."""
+        return make_state(
+            fingerprint=self.fingerprint,
+            split=self.source.split.name,
+            seed=self.seed,
+            num_streams=self.num_streams,
+            positions=self._positions,
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (this rank's, or `merge_states` of all ranks' states)."""
+        positions = positions_for(
+            state,
+            fingerprint=self.fingerprint,
+            split=self.source.split.name,
+            seed=self.seed,
+            num_streams=self.num_streams,
+            streams=self.stream_ids,
+        )
+        self._stop()
+        self._positions = positions

@@ -1,0 +1,25 @@
+"""Encoder, decoder and encoder-decoder Transformers with Transformer-XL segment memory.
+
+The public surface (see docs/models.md): ``build_model``, the family classes, ``num_params``,
+``flops_per_token``, incremental decoding, and ``shift_right`` for seq2seq decoder inputs.
+"""
+
+from pretrain.model.build import FAMILIES, build_model, flops_per_token, num_params
+from pretrain.model.decoding import decode_step, generate
+from pretrain.model.families import Decoder, Encoder, EncoderDecoder, GatherFn, LanguageModel
+from pretrain.objectives import shift_right
+
+__all__ = [
+    "FAMILIES",
+    "Decoder",
+    "Encoder",
+    "EncoderDecoder",
+    "GatherFn",
+    "LanguageModel",
+    "build_model",
+    "decode_step",
+    "flops_per_token",
+    "generate",
+    "num_params",
+    "shift_right",
+]

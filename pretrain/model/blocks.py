@@ -1,0 +1,104 @@
+"""Pre-norm residual blocks and a stack of them with Transformer-XL segment memory.
+
+The memory of layer l is the last ``mem_len`` inputs of layer l (the residual stream entering
+it), detached: the next segment's layer l attends over ``[memory_l; segment]``, and no gradient
+flows into the past (Dai et al., 2019, section 3.2). Memory is an argument and a return value,
+never module state, so the trainer owns it and checkpoints it with the loader state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from pretrain.config import ModelConfig
+from pretrain.model.attention import CrossAttention, Positions, SelfAttention, causal_mask
+from pretrain.model.layers import MLP, make_norm
+from pretrain.model.positions import relative_distances, rotary_tables, sinusoid
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, *, cross: bool) -> None:
+        super().__init__()
+        self.norm_attn = make_norm(config)
+        self.attn = SelfAttention(config)
+        self.norm_cross = make_norm(config) if cross else None
+        self.cross = CrossAttention(config) if cross else None
+        self.norm_mlp = make_norm(config)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: Tensor, memory: Tensor | None, pos: Positions, encoder_out: Tensor | None = None
+    ) -> Tensor:
+        """x (B, T, d), memory (B, M, d) or None -> (B, T, d)"""
+        seq = x.size(1)
+        context = self.norm_attn(
+            x if memory is None else torch.cat([memory, x], dim=1)
+        )  # (B, K, d)
+        x = x + self.dropout(self.attn(context[:, -seq:], context, pos))
+        if self.cross is not None and self.norm_cross is not None:
+            assert encoder_out is not None, "a decoder block with cross-attention needs encoder_out"
+            x = x + self.dropout(self.cross(self.norm_cross(x), encoder_out))
+        return x + self.mlp(self.norm_mlp(x))  # the MLP applies its own output dropout
+
+
+def update_memory(memory: Tensor | None, x: Tensor, mem_len: int) -> Tensor:
+    """The last ``mem_len`` of [memory; x] along time, detached. (B, M', d)"""
+    joined = x if memory is None or memory.size(1) == 0 else torch.cat([memory, x], dim=1)
+    return joined[:, -mem_len:].detach()
+
+
+class Stack(nn.Module):
+    """``n_layers`` blocks, a final norm, and the positional state shared by the layers
+    (Transformer-XL's u and v are global to the stack, as in the paper)."""
+
+    def __init__(self, config: ModelConfig, n_layers: int, *, causal: bool, cross: bool) -> None:
+        super().__init__()
+        self.config = config
+        self.causal = causal
+        self.layers = nn.ModuleList(Block(config, cross=cross) for _ in range(n_layers))
+        self.norm = make_norm(config)
+        if config.position == "relative":
+            self.u = nn.Parameter(torch.empty(config.n_heads, config.head_dim))
+            self.v = nn.Parameter(torch.empty(config.n_heads, config.head_dim))
+
+    def positions(
+        self, seq: int, key_len: int, device: torch.device, dtype: torch.dtype
+    ) -> Positions:
+        config = self.config
+        mask = causal_mask(seq, key_len, device) if self.causal else None
+        if config.position == "relative":
+            distances = relative_distances(seq, key_len, self.causal, device)  # (P,)
+            relative = sinusoid(distances, config.d_model).to(dtype)  # (P, d)
+            return Positions(mask=mask, is_causal=False, relative=relative, u=self.u, v=self.v)
+        # Without memory a causal mask is SDPA's own (its fast path); with memory it is explicit.
+        fast_causal = self.causal and key_len == seq
+        pos = Positions(mask=None if fast_causal else mask, is_causal=fast_causal)
+        if config.position == "rotary":
+            cos, sin = rotary_tables(key_len, config.head_dim, config.rope_theta, device)
+            pos.cos, pos.sin = cos.to(dtype), sin.to(dtype)
+        return pos
+
+    def forward(
+        self,
+        x: Tensor,
+        mems: list[Tensor] | None,
+        mem_len: int,
+        encoder_out: Tensor | None = None,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """x (B, T, d) embedded segment; mems: per layer (B, M, d), or None.
+        -> (normalised output (B, T, d), new memory: per layer (B, min(M + T, mem_len), d),
+        or [] when mem_len == 0)."""
+        if mems is not None and len(mems) != len(self.layers):
+            raise ValueError(f"expected memory for {len(self.layers)} layers, got {len(mems)}")
+        memory_len = mems[0].size(1) if mems else 0
+        seq = x.size(1)
+        pos = self.positions(seq, memory_len + seq, x.device, x.dtype)
+        new_mems = []
+        for i, layer in enumerate(self.layers):
+            memory = mems[i] if mems and memory_len else None
+            if mem_len:
+                new_mems.append(update_memory(memory, x, mem_len))
+            x = layer(x, memory, pos, encoder_out)
+        return self.norm(x), new_mems

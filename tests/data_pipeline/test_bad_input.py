@@ -1,0 +1,167 @@
+"""Bad input under both policies: ``skip`` counts it by reason in the manifest, ``fail`` raises an
+error naming the file and line. Either way the outcome is deterministic and nothing committed
+earlier is lost."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from data_pipeline.manifest import unit_marker_name
+from data_pipeline.prepare import OutputConflictError, prepare
+from data_pipeline.readers import BadInputError
+from data_pipeline.schemas import PrepareConfig
+
+GOOD = [{"text": f"document number {i}: " + "to be or not to be. " * 20} for i in range(40)]
+
+
+def jsonl(records: Sequence[object]) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in records)
+
+
+@pytest.fixture
+def bad_corpus(tmp_path: Path) -> Iterator[Path]:
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a_good.jsonl").write_bytes(jsonl(GOOD))
+    lines = [
+        jsonl(GOOD[:2]),  # lines 1-2
+        b'{"text": "bad utf-8 \xff\xfe here"}\n',  # line 3
+        b'{"text": "not json",,}\n',  # line 4
+        b'{"body": "no text field"}\n',  # line 5
+        b'{"text": "   \\n  "}\n',  # line 6: empty document
+        b'{"text": "' + b"y" * (50 << 20) + b'"}\n',  # line 7: one 50 MB line
+        jsonl(GOOD[2:4]),  # lines 8-9
+    ]
+    (d / "b_mixed.jsonl").write_bytes(b"".join(lines))
+    whole = gzip.compress(jsonl(GOOD))
+    (d / "c_truncated.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    # A socket: listed like a file, but open() fails (even for root, unlike chmod 000).
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(d / "d_unreadable.jsonl"))
+    yield d
+    sock.close()
+
+
+def make(
+    recipe: Callable[..., PrepareConfig], d: Path, policy: str, **over: object
+) -> PrepareConfig:
+    return recipe(
+        source={"paths": [str(d / "*.jsonl*")], "format": "jsonl", "on_error": policy}, **over
+    )
+
+
+def test_skip_policy_counts_every_reason_and_is_deterministic(
+    recipe: Callable[..., PrepareConfig], bad_corpus: Path, tmp_path: Path
+) -> None:
+    cfg = make(recipe, bad_corpus, "skip")
+    result = prepare(cfg, workers=1, log=io.StringIO())
+    manifest_bytes = Path(cfg.output, "manifest.json").read_bytes()
+    manifest = json.loads(manifest_bytes)
+    skipped = manifest["counters"]["skipped"]
+    assert skipped == {
+        "invalid_utf8": 1,
+        "invalid_json": 1,
+        "missing_field": 1,
+        "empty_document": 1,
+        "too_long": 1,
+        "corrupt_input": 1,
+        "unreadable_file": 1,
+    }
+    # Good documents around the bad ones were kept, including those before the gzip truncation.
+    read = manifest["counters"]["documents_read"]
+    assert 40 + 4 < read < 40 + 4 + 40
+    by_path = {s["path"]: s for s in manifest["sources"]}
+    assert by_path[str(Path(bad_corpus, "d_unreadable.jsonl"))]["sha256"] is None
+    # The same inputs give the same bytes with another worker count.
+    again = make(recipe, bad_corpus, "skip", output=str(tmp_path / "again"))
+    prepare(again, workers=2, log=io.StringIO())
+    other = json.loads(Path(again.output, "manifest.json").read_bytes())
+    assert other["splits"] == manifest["splits"] and other["counters"] == manifest["counters"]
+    assert result.fingerprint is not None
+
+
+@pytest.mark.parametrize(
+    ("content", "where"),
+    [
+        (b'{"text": "ok"}\n{"text": "bad \xff"}\n', ":2: invalid_utf8"),
+        (b'{"text": "ok"}\n{"text": "ok"}\n{oops}\n', ":3: invalid_json"),
+        (b'{"text": "ok"}\n{"title": "x"}\n', ":2: missing_field"),
+        (b'{"text": ""}\n', ":1: empty_document"),
+        (b'{"text": "ok"}\n{"text": "' + b"z" * (9 << 20) + b'"}\n', ":2: too_long"),
+    ],
+)
+def test_fail_policy_names_file_and_line(
+    recipe: Callable[..., PrepareConfig], tmp_path: Path, content: bytes, where: str
+) -> None:
+    src = tmp_path / "bad.jsonl"
+    src.write_bytes(content)
+    cfg = recipe(source={"paths": [str(src)], "format": "jsonl", "on_error": "fail"})
+    with pytest.raises(BadInputError, match=f"bad.jsonl{where}"):
+        prepare(cfg, workers=1, log=io.StringIO())
+
+
+def test_fail_policy_line_numbers_are_absolute_in_byte_ranges(
+    recipe: Callable[..., PrepareConfig], tmp_path: Path
+) -> None:
+    src = tmp_path / "big.jsonl"
+    src.write_bytes(jsonl(GOOD * 5) + b"{broken\n")
+    cfg = recipe(
+        source={"paths": [str(src)], "format": "jsonl", "on_error": "fail"}, unit_bytes=8192
+    )
+    with pytest.raises(BadInputError, match=r"big.jsonl:201: invalid_json"):
+        prepare(cfg, workers=1, log=io.StringIO())
+
+
+def test_fail_on_truncated_gzip_and_unreadable_file(
+    recipe: Callable[..., PrepareConfig], bad_corpus: Path
+) -> None:
+    gz = make(recipe, bad_corpus, "fail")
+    gz.source.paths = [str(bad_corpus / "c_truncated.jsonl.gz")]
+    with pytest.raises(BadInputError, match=r"c_truncated.jsonl.gz:\d+: corrupt_input \(EOFError"):
+        prepare(gz, workers=1, log=io.StringIO())
+    sock = make(recipe, bad_corpus, "fail", output=gz.output + "2")
+    sock.source.paths = [str(bad_corpus / "d_unreadable.jsonl")]
+    with pytest.raises(BadInputError, match=r"d_unreadable\.jsonl:0: unreadable_file"):
+        prepare(sock, workers=1, log=io.StringIO())
+
+
+def test_failure_keeps_committed_units_and_a_rerun_resumes(
+    recipe: Callable[..., PrepareConfig], tmp_path: Path
+) -> None:
+    d = tmp_path / "src"
+    d.mkdir()
+    (d / "1.jsonl").write_bytes(jsonl(GOOD))
+    (d / "2.jsonl").write_bytes(jsonl(GOOD[:3]) + b"{not json\n")
+    cfg = recipe(source={"paths": [str(d / "*.jsonl")], "format": "jsonl", "on_error": "fail"})
+    with pytest.raises(BadInputError, match=r"2.jsonl:4: invalid_json"):
+        prepare(cfg, workers=1, log=io.StringIO())
+    out = Path(cfg.output)
+    marker = (out / unit_marker_name(0)).read_bytes()
+    shards = {p.name: p.read_bytes() for p in out.glob("*.tar")}
+    assert shards and not (out / "manifest.json").exists()
+    (d / "2.jsonl").write_bytes(jsonl(GOOD[:3]))
+    result = prepare(cfg, workers=1, log=io.StringIO())
+    assert (result.units_skipped, result.units_run) == (1, 1)
+    assert (out / unit_marker_name(0)).read_bytes() == marker
+    assert all((out / name).read_bytes() == data for name, data in shards.items())
+
+
+def test_output_holding_another_configs_manifest_is_refused(
+    recipe: Callable[..., PrepareConfig],
+) -> None:
+    first = recipe()
+    prepare(first, workers=1, log=io.StringIO())
+    before = Path(first.output, "manifest.json").read_bytes()
+    with pytest.raises(OutputConflictError, match=r"different config \(differs in: chunk_len"):
+        prepare(recipe(chunk_len=32), workers=1, log=io.StringIO())
+    assert Path(first.output, "manifest.json").read_bytes() == before
+    # The same config again is fine: every unit is committed, the manifest is rewritten equal.
+    result = prepare(first, workers=1, log=io.StringIO())
+    assert result.units_run == 0 and Path(first.output, "manifest.json").read_bytes() == before

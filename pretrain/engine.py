@@ -39,10 +39,11 @@ def init_distributed(engine: EngineConfig) -> None:
     The timeout bounds every collective: a dead or hung rank makes the others fail with an error
     instead of waiting forever.
     """
-    if dist.is_initialized():
-        return
     backend = "gloo" if on_cpu() else get_accelerator().communication_backend_name()
-    if "RANK" not in os.environ:
+    # Always through DeepSpeed, even when torch.distributed is already initialised (by a test
+    # harness or an embedding program): DeepSpeed then adopts that group; skipping the call
+    # would leave DeepSpeed believing the world has one process.
+    if "RANK" not in os.environ and not dist.is_initialized():
         # One process, no launcher: a world of one, still through the real code path.
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("LOCAL_RANK", "0")

@@ -205,3 +205,27 @@ def test_flatten_gives_dotted_params(tmp_path: Path) -> None:
     assert flat["model.d_model"] == 32
     assert flat["train.betas"] == [0.9, 0.95]
     assert not any(isinstance(v, dict) for v in flat.values())
+
+
+def test_yaml_1_2_scalars_words_stay_words(tmp_path: Path) -> None:
+    # YAML 1.1 would read `off` as False and `3e-4` as a string; configs mean the word and number.
+    path = write(tmp_path / "c.yaml", "train:\n  activation_checkpointing: off\n  lr: 3e-4\n")
+    cfg = load_config(ExperimentConfig, path, _tiny_model_overrides())
+    assert cfg.train.activation_checkpointing == "off"
+    assert cfg.train.lr == pytest.approx(3e-4)
+    cfg = load_config(
+        ExperimentConfig, path, ["train.activation_checkpointing=off", *_tiny_model_overrides()]
+    )
+    assert cfg.train.activation_checkpointing == "off"
+    with pytest.raises(ConfigError, match="must be true or false, got 'yes'"):
+        load_config(ExperimentConfig, path, ["tracking.enabled=yes", *_tiny_model_overrides()])
+
+
+def _tiny_model_overrides() -> list[str]:
+    return [
+        "model.family=decoder",
+        "model.vocab_size=96",
+        "model.d_model=32",
+        "model.n_layers=2",
+        "model.n_heads=4",
+    ]

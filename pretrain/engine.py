@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import deepspeed
@@ -50,9 +51,27 @@ def init_distributed(engine: EngineConfig) -> None:
         os.environ.setdefault("WORLD_SIZE", "1")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if on_cpu():
+        _remove_stale_shm_buffers()
     deepspeed.init_distributed(
         dist_backend=backend, timeout=timedelta(seconds=engine.dist_timeout_s)
     )
+
+
+def _remove_stale_shm_buffers() -> None:
+    """Delete this rank's leftover DeepSpeed CPU all-reduce buffer from a killed process.
+
+    On CPU, DeepSpeed maps /dev/shm/deepspeed_allreduce_buffer_*_{addr}_{port}_{rank} and waits
+    on flags in its peers' buffers. A rank killed with SIGKILL leaves its buffer behind; when
+    torchrun restarts the group on the same address and port, the new ranks would wait on the
+    dead ones' flags forever. Each rank removes only its own name, and before the process group
+    forms, so no peer can have opened the new buffer yet.
+    """
+    addr, port, rank = (os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK"))
+    if not (addr and port and rank):
+        return
+    for stale in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{addr}_{port}_{rank}"):
+        stale.unlink(missing_ok=True)
 
 
 def _free_port() -> int:

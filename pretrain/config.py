@@ -133,7 +133,7 @@ class TrainConfig:
     seed: int = 1234
     log_every: int = 10
     eval_every: int = 200
-    eval_batches: int = 20
+    eval_batches: int = 20  # per rank; 0 = the whole validation split
     activation_checkpointing: ActivationCheckpointing = "off"
     checkpoint_every_n_layers: int = 2
     max_consecutive_skips: int = 5

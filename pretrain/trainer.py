@@ -260,15 +260,22 @@ class Trainer:
         last: dict[str, float] = {}
         saved_at = self.state.step
         try:
+            # Step time and throughput are averaged over the training steps of each log window;
+            # validation and checkpoint time is kept out of them.
+            window_time, window_steps, window_wait = 0.0, 0, 0.0
             while not self.done():
                 started = time.perf_counter()
                 result = self.train_step()
                 self.state.step += 1
                 self.state.tokens_seen += self.tokens_per_step
                 self._account(result)
-                elapsed = time.perf_counter() - started
+                window_time += time.perf_counter() - started
+                window_steps += 1
+                window_wait += result.data_wait_s
                 if self.state.step % cfg.train.log_every == 0:
-                    last = self._report(result, elapsed)
+                    result.data_wait_s = window_wait / window_steps
+                    last = self._report(result, window_time / window_steps)
+                    window_time, window_steps, window_wait = 0.0, 0, 0.0
                 if self.state.step % cfg.train.eval_every == 0:
                     last.update(self._validate_and_report())
                 if result.preempt:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from data_pipeline.config_cli import add_config_arguments, resolve_config
+from pretrain.checkpoint_cli import add_checkpoint_commands
 from pretrain.config import ExperimentConfig
 
 EPILOG = """examples:
@@ -47,6 +48,43 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+PLAN_EPILOG = """examples:
+  pretrain plan configs/experiments/shakespeare_xl.yaml --gpus 8 --gpu-memory 80GB
+  pretrain plan EXP.yaml train.micro_batch_size=4 --gpus 64 --gpu-memory 141GB
+"""
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    config = resolve_config(ExperimentConfig, args)
+    if config is None:
+        return 0
+    from pretrain.plan import parse_size, report
+
+    try:
+        memory = parse_size(args.gpu_memory)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    sys.stdout.write(report(config, args.gpus, memory))
+    return 0
+
+
+def _add_plan(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    plan = commands.add_parser(
+        "plan",
+        help="estimate per-GPU memory for each ZeRO stage and suggest a micro-batch",
+        description="Estimate per-GPU memory: parameters, gradients and optimizer state under "
+        "each ZeRO stage and offload choice, activations with and without activation "
+        "checkpointing, and the largest micro-batch that fits.",
+        epilog=PLAN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(plan, config_help="experiment YAML (e.g. configs/experiments/*.yaml)")
+    plan.add_argument("--gpus", type=int, default=1, help="GPUs in the job (data parallel)")
+    plan.add_argument("--gpu-memory", default="80GB", help="memory of one GPU, e.g. 80GB")
+    plan.set_defaults(handler=_run_plan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pretrain",
@@ -76,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_arguments(train, config_help="experiment YAML (e.g. configs/experiments/*.yaml)")
     train.set_defaults(handler=_run_train)
+    _add_plan(commands)
+    # evaluate, export, generate: using checkpoints after training (pretrain/checkpoint_cli.py)
+    add_checkpoint_commands(commands)
     return parser
 
 

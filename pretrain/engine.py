@@ -269,6 +269,20 @@ def load_checkpoint(engine: Any, root: str, tag: str) -> None:
         raise RuntimeError(f"DeepSpeed found no checkpoint under {root}/{tag}")
 
 
+def read_zero_checkpoint(root: str, tag: str) -> dict[str, torch.Tensor]:
+    """The full fp32 weights of a ZeRO checkpoint written at any world size, gathered in this
+    process from every rank's shards: no process group and no accelerator needed."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return dict(get_fp32_state_dict_from_zero_checkpoint(root, tag=tag))
+
+
+def fp16_overflowed(engine: Any) -> bool:
+    """Whether DeepSpeed's fp16 loss scaler found inf/NaN gradients in the last step (and so
+    skipped the update and lowered the scale). Always False for bf16 and fp32."""
+    return bool(engine.fp16_enabled() and getattr(engine.optimizer, "overflow", False))
+
+
 def grad_norm(engine: Any) -> float:
     norm = engine.get_global_grad_norm()
     return float("nan") if norm is None else float(norm)

@@ -220,3 +220,112 @@ def read_run(tracking_uri: str, run_id: str) -> dict[str, Any]:
             for key in run.data.metrics
         },
     }
+
+
+# --------------------------------------------------------------------------------------------
+# After training: evaluation runs and model registration (pretrain evaluate / export)
+# --------------------------------------------------------------------------------------------
+
+TRAINING_RUN_TAG = "mnemos.training_run_id"
+
+
+def _store(config: ExperimentConfig) -> tuple[MlflowClient, str]:
+    """A client for the configured store and the id of the configured experiment."""
+    client = MlflowClient(tracking_uri=config.tracking.uri or mlflow.get_tracking_uri())
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    if experiment is not None:
+        return client, experiment.experiment_id
+    created = client.create_experiment(
+        config.tracking.experiment, artifact_location=config.tracking.artifact_location
+    )
+    return client, created
+
+
+def _linked_run(
+    client: MlflowClient,
+    experiment_id: str,
+    *,
+    run_name: str,
+    training_run_id: str | None,
+    tags: Mapping[str, str],
+) -> str:
+    """A new run tagged with the training run's id; a child of it in MLflow's UI when the
+    training run is in this store (it may not be: checkpoints travel, tracking stores do not)."""
+    from mlflow.exceptions import MlflowException
+
+    all_tags = {"code_version": code_version(), "host": socket.gethostname(), **tags}
+    if training_run_id:
+        all_tags[TRAINING_RUN_TAG] = training_run_id
+        try:
+            client.get_run(training_run_id)
+            all_tags["mlflow.parentRunId"] = training_run_id
+        except MlflowException:
+            pass
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    run_id: str = run.info.run_id
+    return run_id
+
+
+def log_evaluation(
+    config: ExperimentConfig,
+    *,
+    training_run_id: str | None,
+    step: int,
+    metrics: Mapping[str, float],
+    params: Mapping[str, Any],
+    report: str,
+) -> str:
+    """Record one evaluation as its own run, linked to the training run by tag; returns its id.
+    Metrics are logged at the checkpoint's step, so runs of several checkpoints line up."""
+    client, experiment_id = _store(config)
+    run_id = _linked_run(
+        client,
+        experiment_id,
+        run_name=f"evaluate step {step}",
+        training_run_id=training_run_id,
+        tags={"mnemos.kind": "evaluation", "mnemos.checkpoint_step": str(step)},
+    )
+    now = int(time.time() * 1000)
+    batch_params = [Param(k, str(redact(k, v))[:_MAX_PARAM_CHARS]) for k, v in params.items()]
+    batch_metrics = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    for start in range(0, len(batch_params), _PARAM_BATCH):
+        client.log_batch(run_id, params=batch_params[start : start + _PARAM_BATCH])
+    for start in range(0, len(batch_metrics), _METRIC_BATCH):
+        client.log_batch(run_id, metrics=batch_metrics[start : start + _METRIC_BATCH])
+    client.log_text(run_id, report, "evaluation.json")
+    client.set_terminated(run_id, status="FINISHED")
+    return run_id
+
+
+def register_model(
+    config: ExperimentConfig,
+    *,
+    name: str,
+    directory: str | Path,
+    training_run_id: str | None,
+    step: int,
+) -> tuple[str, str]:
+    """Log an exported model directory as artifacts of a run linked to the training run, and
+    register it as a new version of model ``name``. Returns (run id, version)."""
+    client, experiment_id = _store(config)
+    run_id = _linked_run(
+        client,
+        experiment_id,
+        run_name=f"export step {step}",
+        training_run_id=training_run_id,
+        tags={"mnemos.kind": "export", "mnemos.checkpoint_step": str(step)},
+    )
+    client.log_artifacts(run_id, str(directory), "model")
+    client.set_terminated(run_id, status="FINISHED")
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as err:
+        if "already exists" not in str(err).lower():
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/model"
+    version = client.create_model_version(
+        name, source, run_id=run_id, tags={TRAINING_RUN_TAG: training_run_id or ""}
+    )
+    return run_id, str(version.version)

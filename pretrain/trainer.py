@@ -45,6 +45,7 @@ class StepResult:
     targets: int
     data_wait_s: float = 0.0
     grad_norm: float = float("nan")
+    fp16_overflow: bool = False  # DeepSpeed's loss scaler skipped the update (fp16 only)
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Trainer:
             run_id=None,
         )
         self.preemption = PreemptionFlag()
+        self.fp16_overflows = 0
         self.tracker: Tracker = Tracker()
         self.tokens_per_step = (
             cfg.train.micro_batch_size * cfg.train.grad_accum * self.world_size * cfg.train.seq_len
@@ -155,7 +157,9 @@ class Trainer:
                 self.engine.optimizer.skip_updates = skip
             self.engine.model.step()
         grad_norm = float("nan") if skip else eng.grad_norm(self.engine.model)
+        overflow = not skip and eng.fp16_overflowed(self.engine.model)
         return StepResult(
+            fp16_overflow=overflow,
             loss=float("nan") if skip else float(verdict[0]) / global_targets,
             skipped=skip,
             preempt=bool(verdict[2] > 0),
@@ -210,7 +214,12 @@ class Trainer:
             self.config,
             self.state,
             faults=self.faults,
-            extra={"run_id": self.state.run_id, "fingerprint": self.loader.fingerprint},
+            extra={
+                "run_id": self.state.run_id,
+                "fingerprint": self.loader.fingerprint,
+                # Lets evaluate check a tokenizer where the training manifest is not at hand.
+                "tokenizer_hash": self.loader.source.manifest.tokenizer_hash,
+            },
         )
         self.log(f"checkpoint step {self.state.step} committed in {self.config.checkpoint.dir}")
 
@@ -301,6 +310,13 @@ class Trainer:
             self.loader.close()
 
     def _account(self, result: StepResult) -> None:
+        if result.fp16_overflow:
+            self.fp16_overflows += 1
+            scale = float(self.engine.model.optimizer.cur_scale)
+            self.log(
+                f"step {self.state.step}: fp16 gradient overflow; DeepSpeed skipped the update "
+                f"and lowered the loss scale to {scale:g} ({self.fp16_overflows} so far)"
+            )
         if not result.skipped:
             self.state.consecutive_skips = 0
             return
@@ -339,11 +355,13 @@ class Trainer:
         }
         if self.engine.ds_config.get("fp16", {}).get("enabled"):
             metrics["train/loss_scale"] = float(self.engine.model.optimizer.cur_scale)
+            metrics["train/fp16_overflows"] = float(self.fp16_overflows)
         self.tracker.log_metrics(metrics, self.state.step)
         self.log(
             f"step {self.state.step:>6}/{cfg.train.max_steps} | loss {result.loss:.4f} | "
             f"lr {metrics['train/lr']:.2e} | grad {result.grad_norm:.3f} | "
-            f"{tokens_per_s:,.0f} tok/s | {elapsed * 1000:.0f} ms/step"
+            f"{tokens_per_s:,.0f} tok/s | {elapsed * 1000:.0f} ms/step | "
+            f"peak mem {max(eng.memory_stats().values()):.2f} GiB"
         )
         return metrics
 

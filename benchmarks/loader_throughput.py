@@ -1,23 +1,32 @@
 """Loader throughput against raw shard reading and against a GPT-2-small training step.
 
-    python benchmarks/loader_throughput.py [--seconds 5] [--seq-len 1024] [--micro-batch 8]
+    python benchmarks/loader_throughput.py [--seconds 3] [--repeats 3] [--seq-len 1024]
+        [--span-seq-len 512] [--micro-batch 8] [--train-steps 1]
 
 Builds byte-level shards of all of tinyshakespeare (chunk_len 1024, uint16) in a temp dir with
 the loader tests' fixture builder (the data pipeline's `prepare` is not used, so the loader is
 measured alone), then in the same run measures tokens/s of:
 
 * raw: every shard read with ``tarfile`` + ``np.load``, nothing else (the I/O + decode floor);
-* the `TrainLoader` for causal LM and for MLM, one rank, as the trainer calls it;
+* the `TrainLoader` for causal LM, MLM and span corruption, one rank, as the trainer calls it
+  (span at ``--span-seq-len``: the fixture's 32 sentinels cover T5's 512, not 1024);
 * one forward + backward step of `pretrain.model.build_model(configs/model/gpt2_small.yaml)`
-  on a (micro_batch, seq_len) batch, fp32 on this CPU: the tokens/s a training step consumes.
+  on a (micro_batch, seq_len) batch, fp32 on this CPU: the tokens/s a training step consumes
+  (``--train-steps 0`` leaves it out; it takes minutes on a small CPU).
 
-Prints a markdown table (for docs/benchmarks.md). Targets: loader >= 0.5x raw and >= 100x step.
+The raw and loader measurements are interleaved (raw, causal, mlm, span, raw, causal, ...)
+``--repeats`` times so that load from other processes hits them alike; the table gives medians,
+each loader's ratio is the median of its per-repeat ratios to the raw figure of the same repeat,
+and the load average is printed before and after. Beside wall-clock tokens/s it reports tokens
+per CPU-second of the process (``time.process_time``, all threads), which other processes'
+load disturbs much less. Targets: loader >= 0.5x raw and >= 100x step.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import tarfile
 import tempfile
@@ -35,9 +44,18 @@ from pretrain.config import ModelConfig  # noqa: E402
 from pretrain.loader import TrainLoader  # noqa: E402
 from tests.loader.shard_fixture import build_dataset  # noqa: E402
 
+OBJECTIVES = ("causal_lm", "mlm", "span")
 
-def raw_tokens_per_s(shards: list[Path], seconds: float) -> float:
-    tokens, start = 0, time.perf_counter()
+
+Rate = tuple[float, float]  # (tokens per wall second, tokens per CPU second of this process)
+
+
+def _rates(tokens: int, wall0: float, cpu0: float) -> Rate:
+    return tokens / (time.perf_counter() - wall0), tokens / (time.process_time() - cpu0)
+
+
+def raw_tokens_per_s(shards: list[Path], seconds: float) -> Rate:
+    tokens, start, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - start < seconds:
         for path in shards:
             with tarfile.open(path, "r") as tar:
@@ -46,26 +64,29 @@ def raw_tokens_per_s(shards: list[Path], seconds: float) -> float:
                         f = tar.extractfile(member)
                         assert f is not None
                         tokens += np.load(io.BytesIO(f.read())).shape[0]
-    return tokens / (time.perf_counter() - start)
+    return _rates(tokens, start, cpu)
 
 
-def loader_tokens_per_s(manifest: Path, objective: str, args: argparse.Namespace) -> float:
+def loader_tokens_per_s(
+    manifest: Path, objective: str, seq_len: int, args: argparse.Namespace
+) -> Rate:
+    """Tokens of the stream consumed per second (micro_batch x seq_len per micro-batch); the
+    CPU figure counts every thread of the process (the prefetch thread does the work)."""
     with TrainLoader(
         str(manifest),
         rank=0,
         world_size=1,
         micro_batch_size=args.micro_batch,
         grad_accum=1,
-        seq_len=args.seq_len,
+        seq_len=seq_len,
         objective=objective,  # type: ignore[arg-type]
         seed=0,
     ) as loader:
         loader.next_step()  # thread start and first shard opens are not steady state
-        tokens, start = 0, time.perf_counter()
+        tokens, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < args.seconds:
-            for batch in loader.next_step():
-                tokens += batch["input_ids"].numel()
-        return tokens / (time.perf_counter() - start)
+            tokens += len(loader.next_step()) * args.micro_batch * seq_len
+        return _rates(tokens, start, cpu)
 
 
 def train_step_tokens_per_s(args: argparse.Namespace) -> float:
@@ -85,34 +106,64 @@ def train_step_tokens_per_s(args: argparse.Namespace) -> float:
     return tokens[:, :-1].numel() / float(np.median(times[1:]))
 
 
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--span-seq-len", type=int, default=512)
     parser.add_argument("--micro-batch", type=int, default=8)
-    parser.add_argument("--train-steps", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=1)
     args = parser.parse_args()
     torch.manual_seed(0)
+    load_before = _load()
+    runs: dict[str, list[Rate]] = {"raw": [], **{o: [] for o in OBJECTIVES}}
     with tempfile.TemporaryDirectory() as tmp:
         built = build_dataset(
             Path(tmp), text_bytes=10**9, chunk_len=1024, shard_samples=128, train_units=4
         )
         shards = built.shard_paths["train"]
-        raw = raw_tokens_per_s(shards, args.seconds)
-        causal = loader_tokens_per_s(built.manifest, "causal_lm", args)
-        mlm = loader_tokens_per_s(built.manifest, "mlm", args)
-    step = train_step_tokens_per_s(args)
+        for _ in range(args.repeats):
+            runs["raw"].append(raw_tokens_per_s(shards, args.seconds))
+            for objective in OBJECTIVES:
+                seq_len = args.span_seq_len if objective == "span" else args.seq_len
+                runs[objective].append(
+                    loader_tokens_per_s(built.manifest, objective, seq_len, args)
+                )
+    load_after = _load()
+    step = train_step_tokens_per_s(args) if args.train_steps > 0 else float("nan")
     print(f"shards: {len(shards)} train shards, chunk_len 1024, uint16; torch {torch.__version__}")
-    print(f"batch: micro_batch {args.micro_batch} x seq_len {args.seq_len}, one rank\n")
-    print("| what | tokens/s | vs raw | vs GPT-2-small step |")
-    print("|---|---:|---:|---:|")
-    for name, value in (
-        ("raw tarfile + numpy", raw),
-        ("TrainLoader causal_lm", causal),
-        ("TrainLoader mlm", mlm),
-        ("GPT-2-small fwd+bwd step (fp32, CPU)", step),
+    print(
+        f"batch: micro_batch {args.micro_batch} x seq_len {args.seq_len} (span {args.span_seq_len})"
+        f", one rank; {args.repeats} interleaved repeats of {args.seconds:g} s, medians"
+    )
+    print(f"load average (1/5/15 min): before {load_before}, after {load_after}\n")
+    print(
+        "| what | tokens/s (median) | per repeat | vs raw (median) | vs GPT-2-small step "
+        "| tokens per CPU-s (median) | vs raw, CPU |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for name, key in (
+        ("raw tarfile + numpy", "raw"),
+        ("TrainLoader causal_lm", "causal_lm"),
+        ("TrainLoader mlm", "mlm"),
+        (f"TrainLoader span (seq_len {args.span_seq_len})", "span"),
     ):
-        print(f"| {name} | {value:,.0f} | {value / raw:.2f}x | {value / step:,.0f}x |")
+        wall = [w for w, _ in runs[key]]
+        cpu = [c for _, c in runs[key]]
+        pairs = zip(runs[key], runs["raw"], strict=True)
+        ratios = [(w / rw, c / rc) for (w, c), (rw, rc) in pairs]
+        each = ", ".join(f"{v / 1e6:.2f}M" for v in wall)
+        print(
+            f"| {name} | {np.median(wall):,.0f} | {each} "
+            f"| {np.median([r for r, _ in ratios]):.2f}x | {np.median(wall) / step:,.0f}x "
+            f"| {np.median(cpu):,.0f} | {np.median([r for _, r in ratios]):.2f}x |"
+        )
+    print(f"| GPT-2-small fwd+bwd step (fp32, CPU) | {step:,.0f} | | | 1x | | |")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ class ShardInfo:
     utf8_bytes: int
     unit: int  # from the file name; consecutive seq within a unit are consecutive text
     seq: int
+    sha256: str | None = None  # of the shard file's bytes; checked while streaming if present
+    size: int | None = None  # the file's length in bytes ("bytes" in the manifest)
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,8 @@ def parse_manifest(raw: bytes, url: str) -> Manifest:
                         utf8_bytes=int(s.get("utf8_bytes", 0)),
                         unit=unit,
                         seq=seq,
+                        sha256=str(s["sha256"]).lower() if s.get("sha256") else None,
+                        size=int(s["bytes"]) if s.get("bytes") is not None else None,
                     )
                 )
             splits[split_name] = SplitInfo(

@@ -8,11 +8,22 @@ abandons the rest of the shard, counts what was lost in `BadShardStats` and warn
 
 Shards are read sequentially (tar is a sequential format); resuming at sample ``k`` reads past
 the first ``k`` samples without decoding them.
+
+Every byte read goes through a sha256 (`_HashingReader`). When a reader gets to the end of a
+shard, the rest of the file (tar padding) is hashed too and the digest and size are compared
+with the manifest's ``sha256`` and ``bytes``: a flipped byte that still decodes is caught there.
+Samples are yielded as they are read, so a mismatch is detected only at the end of the shard,
+after its samples have gone into batches: ``"fail"`` then raises `ShardError` (training stops at
+that step), ``"skip"`` counts it in `BadShardStats.hash_mismatches` and warns. A reader that
+stops before the end of the shard (a stream whose range ends mid-shard) does not check it; the
+stream whose range holds the shard's last sample reads the whole file (from byte 0, decoding
+only its own samples) and does. See docs/loader.md.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import tarfile
@@ -39,16 +50,57 @@ class ShardError(RuntimeError):
 
 @dataclass
 class BadShardStats:
-    """What lenient mode has skipped so far in this process (thread-safe counters)."""
+    """What lenient mode has met so far in this process (thread-safe counters): shards cut
+    short and the samples lost with them, and shards read to the end whose bytes did not match
+    the manifest's sha256 (their samples were used; nothing was skipped)."""
 
     shards: int = 0
     samples: int = 0
+    hash_mismatches: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, samples: int) -> None:
         with self._lock:
             self.shards += 1
             self.samples += samples
+
+    def add_hash_mismatch(self) -> None:
+        with self._lock:
+            self.hash_mismatches += 1
+
+
+class _HashingReader:
+    """A read-only file wrapper that feeds every byte read through sha256."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._raw.read(n)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self, block: int = 1 << 20) -> None:
+        """Hash whatever the tar reader left unread (end-of-archive blocks, padding)."""
+        while self.read(block):
+            pass
+
+
+class _HashMismatchError(ValueError):
+    pass
+
+
+def _check_digest(shard: ShardInfo, reader: _HashingReader) -> None:
+    if shard.size is not None and reader.size != shard.size:
+        raise _HashMismatchError(f"{reader.size} bytes, the manifest says {shard.size}")
+    if shard.sha256 is not None and reader.sha256.hexdigest() != shard.sha256:
+        raise _HashMismatchError(
+            f"sha256 {reader.sha256.hexdigest()} does not match the manifest's {shard.sha256} "
+            "(its samples were already used)"
+        )
 
 
 @dataclass(frozen=True)
@@ -137,11 +189,16 @@ def iter_shard(
     stats: BadShardStats,
     storage_options: dict[str, Any] | None = None,
 ) -> Generator[Sample, None, None]:
-    """Yield the valid samples of ``shard`` from sample ``start`` on (``Sample.index`` set)."""
+    """Yield the valid samples of ``shard`` from sample ``start`` on (``Sample.index`` set).
+
+    Once the last sample is read, the file's sha256 and size are checked against the manifest
+    (when it has them); the check only happens if the caller reads the generator to its end.
+    """
     good = 0
     try:
         with fsspec.open(shard.url, "rb", **(storage_options or {})) as f:
-            for index, (key, members) in enumerate(_grouped(f)):
+            reader = _HashingReader(f)
+            for index, (key, members) in enumerate(_grouped(reader)):
                 if index >= shard.samples:
                     raise _BadSampleError(f"more samples than the manifest's {shard.samples}")
                 if index < start:
@@ -150,8 +207,22 @@ def iter_shard(
                 sample = _decode(key, members, dtype=dtype, chunk_len=chunk_len)
                 good += 1
                 yield Sample(index, sample.tokens, sample.doc_starts, sample.utf8_bytes)
-        if good != shard.samples:
-            raise _BadSampleError(f"{good} samples, the manifest says {shard.samples} (truncated?)")
+            if good != shard.samples:
+                raise _BadSampleError(
+                    f"{good} samples, the manifest says {shard.samples} (truncated?)"
+                )
+            reader.drain()
+            _check_digest(shard, reader)
+    except _HashMismatchError as exc:
+        if on_bad_shard == "fail":
+            raise ShardError(f"bad shard {shard.url}: {exc}") from exc
+        stats.add_hash_mismatch()
+        warnings.warn(
+            f"shard {shard.url} does not match the manifest: {exc}; "
+            f"{stats.hash_mismatches} such shards so far",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     except (_BadSampleError, tarfile.TarError, EOFError, OSError, ValueError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
         if on_bad_shard == "fail":

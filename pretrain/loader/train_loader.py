@@ -99,6 +99,12 @@ class TrainLoader:
         """(shards, samples) skipped so far in lenient mode, in this process."""
         return self.source.bad_shards.shards, self.source.bad_shards.samples
 
+    @property
+    def hash_mismatches(self) -> int:
+        """Shards read to the end whose sha256 or size did not match the manifest (lenient mode;
+        their samples had already been used), in this process."""
+        return self.source.bad_shards.hash_mismatches
+
     # -- iteration ------------------------------------------------------------------------
 
     def _start(self) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,3 +47,29 @@ def stream_rows(
 ) -> torch.Tensor:
     """Row b of micro-batch k of every step, concatenated along time."""
     return torch.cat([step[k][key][b] for step in steps])
+
+
+def flip_token_byte(
+    path: Path, *, sample: int, avoid: Collection[int] = ()
+) -> tuple[int, int, int]:
+    """Flip the low bit of one token inside sample ``sample``'s ``tokens.npy`` of the shard at
+    ``path``, in place, so that the shard still decodes: only its sha256 changes.
+
+    Picks the first token whose flipped value is not in ``avoid`` (e.g. special ids) and
+    returns (position in the sample, old token, new token).
+    """
+    with tarfile.open(path) as tar:
+        members = [m for m in tar.getmembers() if m.name.endswith(".tokens.npy")]
+        member = members[sample]
+        f = tar.extractfile(member)
+        assert f is not None
+        data = f.read()
+    tokens = np.load(io.BytesIO(data), allow_pickle=False)
+    header = len(data) - tokens.nbytes
+    position = next(i for i, t in enumerate(tokens.tolist()) if (t ^ 1) not in avoid)
+    offset = member.offset_data + header + position * tokens.dtype.itemsize  # little-endian
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 1
+    path.write_bytes(bytes(raw))
+    old = int(tokens[position])
+    return position, old, old ^ 1

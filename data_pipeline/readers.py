@@ -47,6 +47,11 @@ class Document:
     text: str
     nbytes: int  # UTF-8 bytes of ``text``
     line: int  # 1-based line (row, for parquet) where it starts, counted from the unit start
+    data: bytes | None = None  # ``text`` as UTF-8, when the reader has it (saves re-encoding)
+
+    @property
+    def utf8(self) -> bytes:
+        return self.data if self.data is not None else self.text.encode("utf-8")
 
 
 class _HashingReader:
@@ -224,7 +229,7 @@ class UnitReader:
         if not text.strip():
             self.bad("empty_document", line)
             return
-        yield Document(text, len(data), line)
+        yield Document(text, len(data), line, data)
 
     def _from_line(self, line: int, data: bytes | None) -> Iterator[Document]:
         fmt, mode = self.cfg.format, self.cfg.text_mode

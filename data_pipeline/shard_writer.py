@@ -9,9 +9,11 @@ UTF-8 bytes are attributed per token: a document of B bytes and T tokens gives i
 floor((j+1)B/T) - floor(jB/T) bytes and its EOS none, so the bytes of a document's chunks sum to
 exactly B and a split's ``utf8_bytes`` is exactly the sum over its samples.
 
-Shards are tar files built in memory with webdataset's TarWriter (mtime 0, fixed owner and mode:
-the same samples always give the same bytes), cut when they reach ``shard_bytes``, and committed
-whole under ``{split}-{unit:05d}-{seq:05d}.tar``.
+Shards are tar files built in memory by `PlainTarWriter` (the bytes of webdataset's TarWriter with
+mtime 0, fixed owner and mode: the same samples always give the same bytes), cut when they reach
+``shard_bytes``, and committed whole under ``{split}-{unit:05d}-{seq:05d}.tar``. Per sample, only
+the key, ``meta.json`` and two header checksums are made in Python; the ``.npy`` header, the tar
+header templates and the token bytes of a whole batch of chunks are made once.
 """
 
 from __future__ import annotations
@@ -21,42 +23,133 @@ import io
 import json
 import tarfile
 from collections.abc import Sequence
-from typing import Any
+from itertools import chain
+from typing import Any, Protocol
 
 import numpy as np
 
 from data_pipeline.storage import Output
 
+_BLOCK = tarfile.BLOCKSIZE  # 512
+_RECORD = tarfile.RECORDSIZE  # 10240: tarfile's stream buffer and end-of-archive padding
+_ZEROS = bytes(_RECORD)
+_MAX_TEMPLATES = 4096
+# repr(mtime) -> member size -> header template: (bytes before the name, bytes between the name
+# and the checksum, bytes after the checksum, checksum of the template with a blank name). Keyed
+# by repr: mtime 0 and 0.0 are equal keys but not the same header (a float adds a PAX record).
+_TEMPLATES: dict[str, dict[int, tuple[bytes, bytes, bytes, int]]] = {}
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> Any: ...
+
 
 class PlainTarWriter:
-    """The subset of webdataset's TarWriter used here, byte for byte the same archive (USTAR,
-    owner/group "bigdata", mode 0o444, members in sorted key order). ``import webdataset``
-    imports torch, which a data-preparation box may not have; this stands in for it there."""
+    """The subset of webdataset's TarWriter used here, byte for byte the same archive: what
+    ``tarfile.open(mode="w|")`` writes (PAX format; a float mtime adds a PAX ``mtime`` record to
+    every member), owner/group "bigdata", mode 0o444, members in sorted key order. ``import
+    webdataset`` imports torch, which a data-preparation box may not have; this stands in for it.
 
-    def __init__(self, fileobj: io.BytesIO, mtime: float = 0.0) -> None:
+    Headers are not built member by member with `tarfile` (that was most of prepare's time on
+    small samples): for each member size one header is made by `tarfile` itself, with the name
+    field blanked, and every member of that size gets a copy with its name and checksum filled
+    in. Names that are not short ASCII fall back to `tarfile`. ``offset`` is the bytes written so
+    far."""
+
+    def __init__(self, fileobj: Writable, mtime: float = 0.0) -> None:
+        self.fileobj = fileobj
         self.mtime = mtime
-        self.tarstream = tarfile.open(fileobj=fileobj, mode="w|")  # noqa: SIM115 (closed in close())
+        self.offset = 0
+        self._templates = _TEMPLATES.setdefault(repr(mtime), {})
+
+    def _tarinfo(self, name: str, size: int) -> tarfile.TarInfo:
+        ti = tarfile.TarInfo(name)
+        ti.size, ti.mtime, ti.mode = size, self.mtime, 0o444
+        ti.uname = ti.gname = "bigdata"
+        return ti
+
+    def _tarfile_header(self, name: str, size: int) -> bytes:
+        # What TarFile.addfile writes before the data (tarfile.open's defaults: PAX format,
+        # utf-8, surrogateescape).
+        return self._tarinfo(name, size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+    def _template(self, size: int) -> tuple[bytes, bytes, bytes, int]:
+        found = self._templates.get(size)
+        if found is not None:
+            return found
+        probe = "x"
+        whole = self._tarfile_header(probe, size)
+        ustar = whole[-_BLOCK:]
+        blank = bytes(100) + ustar[100:]
+        base = 256 + sum(blank[:148]) + sum(blank[156:])  # tarfile.calc_chksums, name blanked
+        template = (whole[:-_BLOCK], blank[100:148], blank[156:], base)
+        if self._header(probe.encode(), template) != whole:  # pragma: no cover - tarfile changed
+            raise AssertionError("tar header template does not reproduce tarfile's header")
+        if len(self._templates) >= _MAX_TEMPLATES:
+            self._templates.clear()
+        self._templates[size] = template
+        return template
+
+    @staticmethod
+    def _header(name: bytes, template: tuple[bytes, bytes, bytes, int]) -> bytes:
+        before, middle, after, base = template
+        checksum = b"%06o\0 " % (base + sum(name))
+        return b"".join((before, name, bytes(100 - len(name)), middle, checksum, after))
+
+    def write_members(self, members: Sequence[tuple[str, bytes]]) -> None:
+        """Regular file members in this order, each a header, its data and zero padding to the
+        next 512-byte block, passed to the file object in one write."""
+        parts: list[bytes] = []
+        for name, data in members:
+            size = len(data)
+            if name.isascii() and len(name) <= 100 and size < 8**11:
+                parts.append(self._header(name.encode(), self._template(size)))
+            else:
+                parts.append(self._tarfile_header(name, size))
+            parts.append(data)
+            parts.append(_ZEROS[: -size % _BLOCK])
+        blob = b"".join(parts)
+        self.fileobj.write(blob)
+        self.offset += len(blob)
+
+    def write_member(self, name: str, data: bytes) -> None:
+        self.write_members(((name, data),))
 
     def write(self, obj: dict[str, Any]) -> None:
         key = obj["__key__"]
-        for k in sorted(obj):
-            if k.startswith("_"):
-                continue
-            ti = tarfile.TarInfo(f"{key}.{k}")
-            ti.size, ti.mtime, ti.mode = len(obj[k]), self.mtime, 0o444
-            ti.uname = ti.gname = "bigdata"
-            self.tarstream.addfile(ti, io.BytesIO(obj[k]))
+        self.write_members([(f"{key}.{k}", obj[k]) for k in sorted(obj) if not k.startswith("_")])
 
     def close(self) -> None:
-        self.tarstream.close()
+        """End of archive as tarfile writes it: two zero blocks, then zeros to a whole record."""
+        end = self.offset + 2 * _BLOCK
+        tail = 2 * _BLOCK + (-end % _RECORD)
+        self.fileobj.write(_ZEROS[:tail] if tail <= _RECORD else bytes(tail))
+        self.offset += tail
 
 
-def tar_writer(fileobj: io.BytesIO) -> PlainTarWriter:
+class _Parts(list[bytes]):
+    """A write-only sink that keeps the written pieces; joined once when the shard is done
+    (cheaper than growing a BytesIO by thousands of small writes)."""
+
+    def write(self, data: bytes) -> int:
+        self.append(data)
+        return len(data)
+
+
+def tar_writer(fileobj: Writable) -> PlainTarWriter:
     """The shard writer. Not webdataset's own TarWriter: ``import webdataset`` imports torch,
     which costs ~3 s in every worker process (it dominated prepare on corpora of a few MB) and
     which a data box should not need. The archives are byte-identical to webdataset's with a
     fixed mtime (a test writes the same samples with both)."""
     return PlainTarWriter(fileobj, mtime=0.0)
+
+
+def stream_flushed(offset: int) -> int:
+    """Bytes that ``tarfile.open(fileobj, "w|")`` has passed to ``fileobj`` after ``offset``
+    bytes of members: it holds back up to one record (10240 bytes) and passes whole records.
+    Shards are cut when this reaches ``shard_bytes`` (the rule of the tarfile-based writer this
+    one replaced, kept so that shard boundaries, and so the bytes, do not change)."""
+    return 0 if offset <= 0 else (offset - 1) // _RECORD * _RECORD
 
 
 def shard_name(split: str, unit: int, seq: int) -> str:
@@ -65,6 +158,25 @@ def shard_name(split: str, unit: int, seq: int) -> str:
 
 def sample_key(unit: int, index: int) -> str:
     return f"{unit:05d}-{index:08d}"
+
+
+def npy_header(dtype: np.dtype[Any] | str, length: int) -> bytes:
+    """The ``.npy`` header that ``np.save`` writes for a 1-D array of ``length`` ``dtype``
+    values: the same for every sample of a stream, so it is made once."""
+    arr = np.zeros(length, dtype=dtype)
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    data = buf.getvalue()
+    header = data[: len(data) - arr.nbytes]
+    assert data[len(header) :] == arr.tobytes()
+    return header
+
+
+def meta_json(doc_starts: Sequence[int], utf8_bytes: int) -> bytes:
+    """``json.dumps({"doc_starts": ..., "utf8_bytes": ...}, sort_keys=True)``, UTF-8, without
+    going through the JSON encoder (ints only; a test checks the two agree)."""
+    starts = ", ".join(map(str, doc_starts))
+    return f'{{"doc_starts": [{starts}], "utf8_bytes": {int(utf8_bytes)}}}'.encode()
 
 
 def encode_sample(tokens: np.ndarray, doc_starts: list[int], utf8_bytes: int) -> dict[str, bytes]:
@@ -100,24 +212,28 @@ class SplitStream:
         self.starts = np.zeros(0, dtype=np.int64)  # document starts, buffer offsets
         self.samples = 0
         self.shards: list[dict[str, Any]] = []
-        self._tar: Any = None
-        self._buf: io.BytesIO | None = None
+        self._tar: PlainTarWriter | None = None
+        self._buf: _Parts | None = None
         self._shard: dict[str, Any] = {}
+        self._npy_header = npy_header(self.dtype, chunk_len)
         self.documents = 0
 
     def add(self, docs: Sequence[Sequence[int]], nbytes: Sequence[int]) -> None:
         """Append documents (token ids without EOS) and their UTF-8 sizes."""
         if not docs:
             return
-        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+        lengths = np.array(list(map(len, docs)), dtype=np.int64)
         sizes = np.asarray(nbytes, dtype=np.int64)
-        flat: list[int] = []
-        for d in docs:
-            flat.extend(d)
-            flat.append(self.eos)
-        toks = np.asarray(flat, dtype=np.int64)
         spans = lengths + 1
-        offsets = np.concatenate(([0], np.cumsum(spans)[:-1]))
+        ends = np.cumsum(spans)
+        offsets = ends - spans
+        toks = np.empty(int(ends[-1]), dtype=np.int64)
+        is_text = np.ones(len(toks), dtype=bool)
+        is_text[ends - 1] = False
+        toks[is_text] = np.fromiter(
+            chain.from_iterable(docs), dtype=np.int64, count=int(lengths.sum())
+        )
+        toks[ends - 1] = self.eos
         before = int(self.cum[-1]) if len(self.cum) else self.base
         doc_base = before + np.concatenate(([0], np.cumsum(sizes)[:-1]))
         j = np.arange(len(toks), dtype=np.int64) - np.repeat(offsets, spans)
@@ -130,42 +246,54 @@ class SplitStream:
         self._emit_full_chunks()
 
     def _emit_full_chunks(self) -> None:
-        n = len(self.tokens) // self.chunk_len
+        length = self.chunk_len
+        n = len(self.tokens) // length
         if n == 0:
             return
-        length = self.chunk_len
-        for c in range(n):
-            lo, hi = c * length, (c + 1) * length
-            prev = self.base if c == 0 else int(self.cum[lo - 1])
-            nbytes = int(self.cum[hi - 1]) - prev
-            mask = (self.starts >= lo) & (self.starts < hi)
-            starts = [int(s) - lo for s in self.starts[mask]]
-            self._write(self.tokens[lo:hi].astype(self.dtype), starts, nbytes)
         cut = n * length
+        # Everything per chunk that numpy can do at once: token bytes, attributed bytes,
+        # and which document starts fall in which chunk.
+        rows = self.tokens[:cut].astype(self.dtype).tobytes()
+        row_bytes = len(rows) // n
+        ends = self.cum[length - 1 : cut : length]
+        nbytes = np.diff(ends, prepend=self.base).tolist()
+        bounds = np.searchsorted(self.starts, np.arange(n + 1, dtype=np.int64) * length).tolist()
+        starts = (self.starts % length).tolist()
+        header = self._npy_header
+        for c in range(n):
+            doc_starts = starts[bounds[c] : bounds[c + 1]]
+            self._write(
+                header + rows[c * row_bytes : (c + 1) * row_bytes],
+                meta_json(doc_starts, nbytes[c]),
+                len(doc_starts),
+                nbytes[c],
+            )
         self.base = int(self.cum[cut - 1])
         self.tokens, self.cum = self.tokens[cut:], self.cum[cut:]
-        self.starts = self.starts[self.starts >= cut] - cut
+        self.starts = self.starts[bounds[n] :] - cut
 
-    def _write(self, tokens: np.ndarray, doc_starts: list[int], nbytes: int) -> None:
+    def _write(self, npy: bytes, meta: bytes, documents: int, nbytes: int) -> None:
         if self._tar is None:
-            self._buf = io.BytesIO()
+            self._buf = _Parts()
             self._tar = tar_writer(self._buf)
             self._shard = {"samples": 0, "tokens": 0, "utf8_bytes": 0, "documents": 0}
-        sample = encode_sample(tokens, doc_starts, nbytes)
-        self._tar.write({"__key__": sample_key(self.unit, self.samples), **sample})
+        key = sample_key(self.unit, self.samples)
+        # Members in sorted order, as webdataset writes them: meta.json < tokens.npy.
+        self._tar.write_members(((f"{key}.meta.json", meta), (f"{key}.tokens.npy", npy)))
         self.samples += 1
-        self._shard["samples"] += 1
-        self._shard["tokens"] += len(tokens)
-        self._shard["utf8_bytes"] += nbytes
-        self._shard["documents"] += len(doc_starts)
-        assert self._buf is not None
-        if self._buf.tell() >= self.shard_bytes:
+        shard = self._shard
+        shard["samples"] += 1
+        shard["tokens"] += self.chunk_len
+        shard["utf8_bytes"] += nbytes
+        shard["documents"] += documents
+        if stream_flushed(self._tar.offset) >= self.shard_bytes:
             self._close_shard()
 
     def _close_shard(self) -> None:
-        assert self._buf is not None
+        assert self._buf is not None and self._tar is not None
         self._tar.close()
-        data = self._buf.getvalue()
+        data = b"".join(self._buf)
+        self._buf.clear()
         name = shard_name(self.split, self.unit, len(self.shards))
         self.out.commit(name, data)
         self.shards.append(

@@ -29,6 +29,16 @@ def validation_by_hash(data: bytes, salt: bytes, fraction: float) -> bool:
     return int.from_bytes(h, "big") < fraction * 2**64
 
 
+def _hash_splitter(salt: bytes, fraction: float) -> Callable[[bytes], bool]:
+    """`validation_by_hash` with the key and threshold worked out once."""
+    key, threshold, blake2b = salt[:64], fraction * 2**64, hashlib.blake2b
+
+    def is_validation(data: bytes) -> bool:
+        return int.from_bytes(blake2b(data, digest_size=8, key=key).digest(), "big") < threshold
+
+    return is_validation
+
+
 def run_unit(
     unit: WorkUnit,
     cfg: PrepareConfig,
@@ -48,7 +58,7 @@ def run_unit(
     batch_bytes = {"train": 0, "validation": 0}
     seen: set[bytes] = set()
     documents_read = duplicates = 0
-    salt = cfg.split.salt.encode("utf-8")
+    is_validation = _hash_splitter(cfg.split.salt.encode("utf-8"), cfg.split.validation_fraction)
 
     def flush(split: str) -> None:
         docs = batches[split]
@@ -62,7 +72,7 @@ def run_unit(
 
     for doc in reader.documents():
         documents_read += 1
-        data = doc.text.encode("utf-8")
+        data = doc.utf8
         if cfg.dedup:
             digest = hashlib.blake2b(data, digest_size=16).digest()
             if digest in seen:
@@ -72,11 +82,7 @@ def run_unit(
         if unit.split is not None:
             split = unit.split
         else:
-            split = (
-                "validation"
-                if validation_by_hash(data, salt, cfg.split.validation_fraction)
-                else "train"
-            )
+            split = "validation" if is_validation(data) else "train"
         batches[split].append(doc)
         batch_bytes[split] += doc.nbytes
         if len(batches[split]) >= cfg.encode_batch_documents or batch_bytes[split] >= BATCH_BYTES:

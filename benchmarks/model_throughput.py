@@ -1,6 +1,6 @@
 """Model speed on this machine: forward+backward tokens/s and Transformer-XL evaluation.
 
-    python benchmarks/model_throughput.py [--repeats 5] [--quick]
+    python benchmarks/model_throughput.py [--repeats 5] [--quick] [--threads N]
 
 Prints three tables:
 1. our decoder (learned positions, no memory) against Hugging Face GPT-2 at the same shape with
@@ -10,12 +10,16 @@ Prints three tables:
 3. evaluation with cached memory against recomputing a sliding window of the same context, at
    4x and 8x the segment length (the Transformer-XL paper's evaluation speed claim).
 Repeats are interleaved (A, B, A, B, ...) and the median is reported, because the machine is
-shared and its load drifts.
+shared and its load drifts; the 1-minute load average at the start and end is printed with the
+figures. On a loaded machine with as many busy processes as cores, every multi-threaded op waits
+for a descheduled thread, so wall time follows the number of ops more than the work:
+``--threads 1`` gives a figure that tracks the work (default: torch's own thread count).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -86,7 +90,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="smaller shapes (a smoke run)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"load average at start: {os.getloadavg()[0]:.1f}")
     torch.manual_seed(0)
     layers, d, heads, seq, batch = (2, 64, 4, 64, 2) if args.quick else (4, 256, 4, 128, 4)
     vocab = 8192
@@ -140,6 +148,7 @@ def main() -> None:
             f"| {factor * seq} ({factor}x segment) | {cached:.2e} | {sliding:.2e} | "
             f"{sliding / cached:,.0f}x |"
         )
+    print(f"\nload average at end: {os.getloadavg()[0]:.1f}")
 
 
 def eval_seconds_per_token(

@@ -1,4 +1,5 @@
-"""Multi-head self- and cross-attention, all through ``scaled_dot_product_attention``.
+"""Multi-head self- and cross-attention: through ``scaled_dot_product_attention``, except
+Transformer-XL's relative attention, which is written out (see `SelfAttention._relative`).
 
 Self-attention runs over ``[memory; segment]``: queries come from the segment only, keys and
 values from both. The positional scheme arrives as a `Positions` built once per stack forward,
@@ -7,14 +8,14 @@ so the layers hold no position state and every layer of a stack shares the same 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretrain.config import ModelConfig
-from pretrain.model.positions import apply_rotary, relative_shift
+from pretrain.model.positions import apply_rotary, shifted_bias
 
 
 @dataclass
@@ -23,11 +24,24 @@ class Positions:
 
     mask: Tensor | None  # (T, K) bool, True where a query may attend; None: everything
     is_causal: bool  # let SDPA build the causal mask itself (only when K == T and no bias)
-    relative: Tensor | None = None  # (P, d) sinusoids of the distances, relative scheme only
+    # (P + 1, d) sinusoids of the P distances and a zero row (the padding column of the
+    # relative shift, see `shifted_bias`), relative scheme only
+    relative: Tensor | None = None
     u: Tensor | None = None  # (H, hd) learned global content bias (Transformer-XL's u)
     v: Tensor | None = None  # (H, hd) learned global position bias (Transformer-XL's v)
     cos: Tensor | None = None  # (K, hd) rotary tables for the keys' positions
     sin: Tensor | None = None
+    _additive: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
+
+    def additive_mask(self, dtype: torch.dtype) -> Tensor | None:
+        """``mask`` as an additive (T, K) bias, 0 where allowed and -inf elsewhere; built once
+        and shared by the layers (rebuilt if ``mask`` is replaced)."""
+        if self.mask is None:
+            return None
+        if self._additive is None or self._additive[0] is not self.mask:
+            bias = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
+            self._additive = (self.mask, bias.masked_fill_(~self.mask, float("-inf")))
+        return self._additive[1].to(dtype)
 
 
 class SelfAttention(nn.Module):
@@ -53,6 +67,8 @@ class SelfAttention(nn.Module):
     def forward(self, x: Tensor, context: Tensor, pos: Positions) -> Tensor:
         """x (B, T, d) the normalised segment; context (B, K, d) the normalised
         [memory; segment] (``x`` itself when there is no memory). -> (B, T, d)"""
+        if self.r_proj is not None:
+            return self._relative(x, context, pos)
         batch, seq, d = x.shape
         key_len = context.size(1)
         if key_len == seq:
@@ -73,24 +89,59 @@ class SelfAttention(nn.Module):
             q = apply_rotary(q, pos.cos[key_len - seq :], pos.sin[key_len - seq :])
             k = apply_rotary(k, pos.cos, pos.sin)
 
-        if self.r_proj is not None:
-            assert pos.relative is not None and pos.u is not None and pos.v is not None
-            # score(i, j) = (q_i + u) . k_j + (q_i + v) . W_R R_{i-j}   (Dai et al., eq. 3)
-            # The first term is SDPA's own product with q + u; the second enters as an additive
-            # bias, scaled like SDPA scales q . k, with -inf where the mask forbids.
-            r = self._split_heads(self.r_proj(pos.relative)[None])[0]  # (H, P, hd)
-            by_distance = (q + pos.v[:, None]) @ r.transpose(-1, -2)  # (B, H, T, P)
-            bias = relative_shift(by_distance, key_len) * q.size(-1) ** -0.5  # (B, H, T, K)
-            if pos.mask is not None:
-                bias = bias.masked_fill(~pos.mask, float("-inf"))
-            q = q + pos.u[:, None]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=pos.mask, dropout_p=dropout, is_causal=pos.is_causal
-            )  # (B, H, T, hd)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=pos.mask, dropout_p=dropout, is_causal=pos.is_causal
+        )  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(batch, seq, d)  # (B, T, d)
         return self.proj(y)
+
+    def _relative(self, x: Tensor, context: Tensor, pos: Positions) -> Tensor:
+        """Transformer-XL attention (Dai et al., eq. 3), written out rather than through SDPA:
+        score(i, j) = ((q_i + u) . k_j + (q_i + v) . W_R R_{i-j}) / sqrt(hd).
+
+        The position term is a bias that needs a gradient, and SDPA then takes its unfused
+        math path on CPU, which costs more than this. Here each product is one batched matmul
+        in a head-major layout ((H * B, L, hd), so W_R R, shared by the batch, needs no
+        broadcast copy); u and the scale are folded into the query projection; the position
+        scores go under their keys, plus the mask, in one pass (`shifted_bias`), and the
+        content product is accumulated onto them by baddbmm. Memory rows' keys and values are
+        projected again every segment (memory holds hidden states, see blocks.py).
+        """
+        assert self.r_proj is not None
+        assert pos.relative is not None and pos.u is not None and pos.v is not None
+        batch, seq, d = x.shape
+        key_len = context.size(1)
+        heads, head_dim = self.n_heads, d // self.n_heads
+        scale = head_dim**-0.5
+        w_q, w_kv = self.qkv.weight.split([d, 2 * d])
+        b_q, b_kv = self.qkv.bias.split([d, 2 * d]) if self.qkv.bias is not None else (None, None)
+        # The softmax scale and u ride on the query projection's (small) weight and bias:
+        # q_u = (q + u) * scale comes out of one addmm, with no pass over the queries.
+        u = pos.u.reshape(d)
+        q_u = F.linear(x, w_q * scale, (u if b_q is None else b_q + u) * scale)  # (B, T, d)
+        kv = F.linear(context, w_kv, b_kv)  # (B, K, 2d)
+
+        # Head-major copies: (H * B, T, hd) and (2, H * B, K, hd).
+        q_u = q_u.view(batch, seq, heads, head_dim).permute(2, 0, 1, 3).reshape(-1, seq, head_dim)
+        kv = kv.view(batch, key_len, 2, heads, head_dim).permute(2, 3, 0, 1, 4)
+        k, v = kv.reshape(2, heads * batch, key_len, head_dim).unbind(0)
+        # (q + v) * scale = q_u + (v - u) * scale, in one pass.
+        q_v = q_u + ((pos.v - pos.u) * scale).repeat_interleave(batch, dim=0)[:, None]
+
+        r = self.r_proj(pos.relative)  # (P + 1, d), last row zero (no bias)
+        r = r.view(-1, heads, head_dim).permute(1, 2, 0)  # (H, hd, P + 1)
+        by_distance = torch.bmm(q_v.view(heads, batch * seq, head_dim), r)  # (H, B * T, P + 1)
+        by_distance = by_distance.view(heads * batch, seq, -1)  # (H * B, T, P + 1)
+        scores = torch.baddbmm(
+            shifted_bias(by_distance, pos.additive_mask(x.dtype), key_len),
+            q_u,
+            k.transpose(1, 2),
+        )  # (H * B, T, K), already scaled
+        attn = scores.softmax(dim=-1)
+        if self.training and self.attn_dropout:
+            attn = F.dropout(attn, self.attn_dropout)
+        y = torch.bmm(attn, v).view(heads, batch, seq, head_dim)
+        return self.proj(y.permute(1, 2, 0, 3).reshape(batch, seq, d))
 
 
 class CrossAttention(nn.Module):

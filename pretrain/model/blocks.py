@@ -9,6 +9,7 @@ never module state, so the trainer owns it and checkpoints it with the loader st
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretrain.config import ModelConfig
@@ -32,11 +33,11 @@ class Block(nn.Module):
         self, x: Tensor, memory: Tensor | None, pos: Positions, encoder_out: Tensor | None = None
     ) -> Tensor:
         """x (B, T, d), memory (B, M, d) or None -> (B, T, d)"""
-        seq = x.size(1)
-        context = self.norm_attn(
-            x if memory is None else torch.cat([memory, x], dim=1)
-        )  # (B, K, d)
-        x = x + self.dropout(self.attn(context[:, -seq:], context, pos))
+        # Normalise segment and memory apart (the norm is per row): the attention's queries
+        # then read a contiguous tensor rather than a slice of the context.
+        h = self.norm_attn(x)  # (B, T, d)
+        context = h if memory is None else torch.cat([self.norm_attn(memory), h], dim=1)
+        x = x + self.dropout(self.attn(h, context, pos))  # context (B, K, d)
         if self.cross is not None and self.norm_cross is not None:
             assert encoder_out is not None, "a decoder block with cross-attention needs encoder_out"
             x = x + self.dropout(self.cross(self.norm_cross(x), encoder_out))
@@ -71,6 +72,7 @@ class Stack(nn.Module):
         if config.position == "relative":
             distances = relative_distances(seq, key_len, self.causal, device)  # (P,)
             relative = sinusoid(distances, config.d_model).to(dtype)  # (P, d)
+            relative = F.pad(relative, (0, 0, 0, 1))  # (P + 1, d): see Positions.relative
             return Positions(mask=mask, is_causal=False, relative=relative, u=self.u, v=self.v)
         # Without memory a causal mask is SDPA's own (its fast path); with memory it is explicit.
         fast_causal = self.causal and key_len == seq

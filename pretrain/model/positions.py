@@ -38,11 +38,61 @@ def relative_shift(scores: Tensor, key_len: int) -> Tensor:
     causal query must not see (negative distances it has no column for) read neighbouring
     values and are masked by the caller.
     """
-    *lead, query_len, num_dist = scores.shape
-    padded = F.pad(scores, (0, 1))  # (..., T, P + 1)
-    flat = padded.reshape(*lead, query_len * (num_dist + 1))
-    shifted = flat[..., query_len - 1 : query_len - 1 + query_len * num_dist]
-    return shifted.reshape(*lead, query_len, num_dist)[..., :key_len]  # (..., T, K)
+    return shifted_view(F.pad(scores, (0, 1)), key_len)  # (..., T, K)
+
+
+def shifted_view(padded: Tensor, key_len: int) -> Tensor:
+    """The view behind :func:`relative_shift`, for scores already padded: (..., T, P + 1) ->
+    (..., T, K), no copy. The last two dimensions must be contiguous; the leading ones may have
+    any strides (a permuted view reads straight through). Rows of the view do not overlap
+    (K <= P), so it can also be written through."""
+    *lead, query_len, width = padded.shape
+    if padded.stride(-1) != 1 or (query_len > 1 and padded.stride(-2) != width):
+        raise ValueError("shifted_view needs contiguous rows (..., T, P + 1)")
+    return padded.as_strided(
+        (*lead, query_len, key_len),
+        (*padded.stride()[:-2], width - 1, 1),
+        padded.storage_offset() + query_len - 1,
+    )
+
+
+class _ShiftedBias(torch.autograd.Function):
+    """``shifted_view(padded) + mask`` as one new contiguous tensor, with a backward that
+    writes the gradient straight back through the same view: one zero fill and one strided
+    copy (autograd's own as_strided backward is written for arbitrary, possibly overlapping
+    views)."""
+
+    @staticmethod
+    def forward(
+        ctx: torch.autograd.function.FunctionCtx,
+        padded: Tensor,
+        mask: Tensor | None,
+        key_len: int,
+    ) -> Tensor:
+        ctx.padded_shape = padded.shape  # type: ignore[attr-defined]
+        ctx.key_len = key_len  # type: ignore[attr-defined]
+        view = shifted_view(padded, key_len)
+        if mask is None:
+            return view.contiguous()
+        return view + mask
+
+    @staticmethod
+    def backward(
+        ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+    ) -> tuple[Tensor, None, None]:
+        padded = grad.new_zeros(ctx.padded_shape)  # type: ignore[attr-defined]
+        shifted_view(padded, ctx.key_len).copy_(grad)  # type: ignore[attr-defined]
+        return padded, None, None
+
+
+def shifted_bias(padded: Tensor, mask: Tensor | None, key_len: int) -> Tensor:
+    """Scores by distance, already padded with one column, moved under their keys and plus an
+    additive mask (0 / -inf, broadcast over the leading dimensions): (..., T, P + 1) ->
+    (..., T, K), contiguous. Masked entries read padding or a neighbouring row's values, which
+    the -inf replaces; they get zero gradient through the softmax, so the padding column and
+    those neighbours get none either."""
+    out: Tensor = _ShiftedBias.apply(padded, mask, key_len)
+    return out
 
 
 def rotary_tables(

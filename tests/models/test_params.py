@@ -119,9 +119,12 @@ def test_flops_per_token_matches_a_flop_counter(overrides: dict[str, object]) ->
     measured = counter.get_total_flops()
     if config.position == "relative":
         # W_R projects the P distance sinusoids once per segment and layer (forward and
-        # weight gradient), which a per-token figure leaves out on purpose.
+        # weight gradient), which a per-token figure leaves out on purpose. The table carries
+        # one zero row more (the relative shift's padding column, see Positions.relative),
+        # which also adds one column to the position scores (forward and two gradients).
         distances = seq + config.mem_len + (0 if config.family == "decoder" else seq - 1)
-        measured -= config.n_layers * 4 * distances * config.d_model**2
+        measured -= config.n_layers * 4 * (distances + 1) * config.d_model**2
+        measured -= config.n_layers * 3 * 2 * config.d_model * batch * seq
     assert measured / (batch * seq) == pytest.approx(flops_per_token(config, seq), rel=1e-9)
 
 

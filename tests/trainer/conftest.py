@@ -4,49 +4,20 @@ tinyshakespeare (90/10 split by position, like nanoGPT)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO_ROOT, SHARED_DATA
+from tests.helpers.prepared_data import prepare_char_dataset
 
 SLICE_CHARS = 60_000
 
 
-def _run(*args: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "data_pipeline.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=300,
-    )
-    assert result.returncode == 0, f"data-pipeline {' '.join(args)} failed:\n{result.stderr}"
-
-
 @pytest.fixture(scope="session")
 def char_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("char_data")
     text = (SHARED_DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
-    corpus = root / "shakespeare_slice.txt"
-    corpus.write_text(text[:SLICE_CHARS], encoding="utf-8")
-    source = f"source:\n  paths: [{corpus}]\n  format: text\n  text_mode: file\n"
-    (root / "tokenizer.yaml").write_text(
-        f"name: slice_char\noutput: {root / 'tokenizer'}\nkind: sp_char\nbyte_fallback: false\n"
-        f"{source}special_tokens:\n  num_sentinels: 16\n"
-    )
-    (root / "data.yaml").write_text(
-        f"name: slice\noutput: {root / 'data'}\ntokenizer: {root / 'tokenizer'}\n{source}"
-        "split:\n  mode: position\n  validation_fraction: 0.1\n"
-        "chunk_len: 64\nunit_bytes: 16384\nshard_bytes: 65536\n"
-    )
-    _run("train-tokenizer", str(root / "tokenizer.yaml"))
-    _run("prepare", str(root / "data.yaml"), "--workers", "1")
-    manifest = root / "data" / "manifest.json"
-    assert manifest.is_file()
-    return manifest
+    return prepare_char_dataset(tmp_path_factory.mktemp("char_data"), text[:SLICE_CHARS])
 
 
 def experiment_file(tmp_path: Path, manifest: Path, family: str = "decoder") -> Path:

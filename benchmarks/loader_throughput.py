@@ -1,7 +1,7 @@
 """Loader throughput against raw shard reading and against a GPT-2-small training step.
 
     python benchmarks/loader_throughput.py [--seconds 3] [--repeats 3] [--seq-len 1024]
-        [--span-seq-len 512] [--micro-batch 8] [--train-steps 1]
+        [--span-seq-len 512] [--micro-batch 8] [--train-steps 1] [--orders contiguous,shuffled]
 
 Builds byte-level shards of all of tinyshakespeare (chunk_len 1024, uint16) in a temp dir with
 the loader tests' fixture builder (the data pipeline's `prepare` is not used, so the loader is
@@ -9,7 +9,8 @@ measured alone), then in the same run measures tokens/s of:
 
 * raw: every shard read with ``tarfile`` + ``np.load``, nothing else (the I/O + decode floor);
 * the `TrainLoader` for causal LM, MLM and span corruption, one rank, as the trainer calls it
-  (span at ``--span-seq-len``: the fixture's 32 sentinels cover T5's 512, not 1024);
+  (span at ``--span-seq-len``: the fixture's 32 sentinels cover T5's 512, not 1024), in each
+  ``--orders`` (``DataConfig.order``: contiguous, shuffled);
 * one forward + backward step of `pretrain.model.build_model(configs/model/gpt2_small.yaml)`
   on a (micro_batch, seq_len) batch, fp32 on this CPU: the tokens/s a training step consumes
   (``--train-steps 0`` leaves it out; it takes minutes on a small CPU).
@@ -40,7 +41,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pretrain.config import ModelConfig  # noqa: E402
+from pretrain.config import DataConfig, ModelConfig  # noqa: E402
 from pretrain.loader import TrainLoader  # noqa: E402
 from tests.loader.shard_fixture import build_dataset  # noqa: E402
 
@@ -68,7 +69,7 @@ def raw_tokens_per_s(shards: list[Path], seconds: float) -> Rate:
 
 
 def loader_tokens_per_s(
-    manifest: Path, objective: str, seq_len: int, args: argparse.Namespace
+    manifest: Path, objective: str, seq_len: int, order: str, args: argparse.Namespace
 ) -> Rate:
     """Tokens of the stream consumed per second (micro_batch x seq_len per micro-batch); the
     CPU figure counts every thread of the process (the prefetch thread does the work)."""
@@ -81,6 +82,7 @@ def loader_tokens_per_s(
         seq_len=seq_len,
         objective=objective,  # type: ignore[arg-type]
         seed=0,
+        data_config=DataConfig(order=order),  # type: ignore[arg-type]
     ) as loader:
         loader.next_step()  # thread start and first shard opens are not steady state
         tokens, start, cpu = 0, time.perf_counter(), time.process_time()
@@ -118,10 +120,13 @@ def main() -> None:
     parser.add_argument("--span-seq-len", type=int, default=512)
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--train-steps", type=int, default=1)
+    parser.add_argument("--orders", default="contiguous,shuffled", help="DataConfig.order list")
     args = parser.parse_args()
+    orders = args.orders.split(",")
+    variants = [(objective, order) for order in orders for objective in OBJECTIVES]
     torch.manual_seed(0)
     load_before = _load()
-    runs: dict[str, list[Rate]] = {"raw": [], **{o: [] for o in OBJECTIVES}}
+    runs: dict[str, list[Rate]] = {"raw": [], **{f"{o} {order}": [] for o, order in variants}}
     with tempfile.TemporaryDirectory() as tmp:
         built = build_dataset(
             Path(tmp), text_bytes=10**9, chunk_len=1024, shard_samples=128, train_units=4
@@ -129,10 +134,10 @@ def main() -> None:
         shards = built.shard_paths["train"]
         for _ in range(args.repeats):
             runs["raw"].append(raw_tokens_per_s(shards, args.seconds))
-            for objective in OBJECTIVES:
+            for objective, order in variants:
                 seq_len = args.span_seq_len if objective == "span" else args.seq_len
-                runs[objective].append(
-                    loader_tokens_per_s(built.manifest, objective, seq_len, args)
+                runs[f"{objective} {order}"].append(
+                    loader_tokens_per_s(built.manifest, objective, seq_len, order, args)
                 )
     load_after = _load()
     step = train_step_tokens_per_s(args) if args.train_steps > 0 else float("nan")
@@ -147,12 +152,11 @@ def main() -> None:
         "| tokens per CPU-s (median) | vs raw, CPU |"
     )
     print("|---|---:|---|---:|---:|---:|---:|")
-    for name, key in (
-        ("raw tarfile + numpy", "raw"),
-        ("TrainLoader causal_lm", "causal_lm"),
-        ("TrainLoader mlm", "mlm"),
-        (f"TrainLoader span (seq_len {args.span_seq_len})", "span"),
-    ):
+    rows = [("raw tarfile + numpy", "raw")]
+    for objective, order in variants:
+        span = f", seq_len {args.span_seq_len}" if objective == "span" else ""
+        rows.append((f"TrainLoader {objective} ({order}{span})", f"{objective} {order}"))
+    for name, key in rows:
         wall = [w for w, _ in runs[key]]
         cpu = [c for _, c in runs[key]]
         pairs = zip(runs[key], runs["raw"], strict=True)

@@ -100,8 +100,19 @@ class DataConfig:
     mlm_probability: float = 0.15
     noise_density: float = 0.15  # span corruption: fraction of tokens masked
     mean_span_length: float = 3.0
+    # Training order (docs/loader.md "Order"): "contiguous" streams read their text in order
+    # (what Transformer-XL memory needs); "shuffled" permutes seq_len windows of samples within
+    # blocks of whole shards; "auto" is shuffled when the model has no memory (mem_len == 0).
+    order: Literal["auto", "contiguous", "shuffled"] = "auto"
+    shuffle_buffer_tokens: int = 1 << 22  # shuffled: tokens per stream block (or one shard)
 
     def validate(self) -> None:
+        if self.order not in ("auto", "contiguous", "shuffled"):
+            raise ValueError(f"order must be auto, contiguous or shuffled, got {self.order!r}")
+        if self.shuffle_buffer_tokens < 1:
+            raise ValueError(
+                f"shuffle_buffer_tokens must be >= 1, got {self.shuffle_buffer_tokens}"
+            )
         if self.prefetch_batches < 1:
             raise ValueError(f"prefetch_batches must be >= 1, got {self.prefetch_batches}")
         for name in ("mlm_probability", "noise_density"):

@@ -68,6 +68,7 @@ class Trainer:
             "seed": cfg.data.seed,
             "data_config": cfg.data,
             "expected_vocab_size": cfg.model.vocab_size,
+            "mem_len": cfg.model.mem_len,  # data.order auto: shuffled windows when no memory
         }
         self.loader = TrainLoader(
             cfg.data.manifest,

@@ -13,19 +13,31 @@ range ``[g*N//G, (g+1)*N//G)`` of that sequence, in order. So:
   shard that is not its successor in the same unit; `is_continuation` says where;
 * the rotation moves every stream to a different part of the text each epoch even when the
   corpus is a single shard, which a permutation alone could not do.
+
+`ShuffledPlan` (models without memory) keeps those ranges and permutes, inside blocks of whole
+shard pieces, the units a stream reads: ``seq_len`` windows of samples. See its docstring.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Protocol
 
 import numpy as np
 
 from pretrain.loader.manifest import ShardInfo
+from pretrain.loader.shards import Sample
+
+ShardOpener = Callable[
+    [int, int], Generator[Sample, None, None]
+]  # (shard index, first sample) -> samples
+Unit = tuple[int, int, int]  # (shard, sample index within the shard, window within the sample)
+Planned = tuple[int, Unit, Sample]  # (planned index in the epoch, unit, its sample)
 
 
 def seeded_rng(*parts: object) -> np.random.Generator:
@@ -44,6 +56,37 @@ class Piece:
     shard: int  # index into the split's shard list
     start: int  # first sample (within the shard)
     stop: int  # one past the last
+
+
+class Plan(Protocol):
+    """What a `TokenStream` needs from an order: the units each stream reads in each epoch.
+
+    A unit is a whole sample (``window_len`` None: the stream's text is its units' tokens
+    concatenated) or window ``w`` of a sample, tokens ``[w * window_len, ...)``: then every
+    segment is exactly one unit (see `ShuffledPlan`).
+    """
+
+    num_streams: int
+    window_len: int | None
+
+    def stream_samples(self, epoch: int, stream: int) -> int:
+        """How many units ``stream`` reads in ``epoch``."""
+        ...
+
+    def read(
+        self, epoch: int, stream: int, first: int, open_shard: ShardOpener
+    ) -> Generator[Planned, None, None]:
+        """The units from planned unit ``first`` on, in planned order, skipping units whose
+        sample was lost to a bad shard."""
+        ...
+
+    def locate(self, epoch: int, stream: int, planned: int) -> Unit:
+        """The unit at planned index ``planned``."""
+        ...
+
+    def continues(self, prev: Unit, cur: Unit) -> bool:
+        """Whether unit ``cur`` is the text right after unit ``prev``."""
+        ...
 
 
 class StreamPlan:
@@ -67,6 +110,7 @@ class StreamPlan:
         self.num_streams = num_streams
         self.shuffle = shuffle
         self.total_samples = sum(s.samples for s in self.shards)
+        self.window_len: int | None = None  # units are whole samples, read in order
         self._epoch_layout = lru_cache(maxsize=4)(self._layout)
 
     def _layout(self, epoch: int) -> tuple[tuple[int, ...], tuple[int, ...], int]:
@@ -116,3 +160,170 @@ class StreamPlan:
             return ci == pi + 1
         a, b = self.shards[ps], self.shards[cs]
         return pi == a.samples - 1 and ci == 0 and a.unit == b.unit and b.seq == a.seq + 1
+
+    def read(
+        self, epoch: int, stream: int, first: int, open_shard: ShardOpener
+    ) -> Generator[Planned, None, None]:
+        """The stream's samples from planned sample ``first`` on, streamed shard by shard."""
+        offset = 0
+        for piece in self.pieces(epoch, stream):
+            length = piece.stop - piece.start
+            if first >= offset + length:
+                offset += length
+                continue
+            start = piece.start + max(0, first - offset)
+            with contextlib.closing(open_shard(piece.shard, start)) as samples:
+                for sample in samples:
+                    if sample.index >= piece.stop:
+                        break
+                    planned = offset + sample.index - piece.start
+                    yield planned, (piece.shard, sample.index, 0), sample
+            offset += length
+
+    def locate(self, epoch: int, stream: int, planned: int) -> Unit:
+        offset = 0
+        for piece in self.pieces(epoch, stream):
+            length = piece.stop - piece.start
+            if planned < offset + length:
+                return piece.shard, piece.start + planned - offset, 0
+            offset += length
+        raise IndexError(f"stream {stream} has no planned sample {planned} in epoch {epoch}")
+
+    def continues(self, prev: Unit, cur: Unit) -> bool:
+        return self.is_continuation(prev[:2], cur[:2])
+
+
+@dataclass(frozen=True)
+class Block:
+    """Consecutive pieces of a stream's epoch range, read whole and then used in a permutation."""
+
+    index: int  # within the stream's epoch
+    first: int  # planned index of the block's first unit
+    pieces: tuple[Piece, ...]
+    offsets: tuple[int, ...]  # sample offset of each piece within the block
+    samples: int
+
+
+class ShuffledPlan:
+    """Shuffled order for models without memory: a pure function of (fingerprint, seed, epoch,
+    stream, G) and of the unit layout (``window_len``, ``block_samples``).
+
+    * Which samples: stream g reads exactly the samples of its `StreamPlan` range (seeded shard
+      permutation, rotation, ``[g*N//G, (g+1)*N//G)``), so every sample of an epoch is read by
+      exactly one stream, as in contiguous order, and the world-size rules are the same.
+    * Units: with ``window_len`` = T <= chunk_len a sample is cut into W = ceil(chunk_len / T)
+      windows, window w = tokens ``[w*T, w*T + read)`` (causal LM reads T + 1: the extra token
+      is the sample's own next token, so a window's targets are right; a sample's last window
+      has one target fewer). Each step, a row is exactly one window, so a row never reads the
+      windows of one sample on consecutive steps unless the permutation puts them there. With
+      T > chunk_len (``window_len`` None) units are whole samples, concatenated as in
+      contiguous order.
+    * Order: the range's pieces (whole shards, a partial one at either end) are grouped into
+      consecutive blocks of at most ``block_samples`` samples (at least one piece each); the
+      stream reads a block's pieces whole into memory, then hands out the block's units in a
+      permutation seeded by (fingerprint, seed, epoch, stream, block). Shards are read
+      sequentially, once per epoch, and memory is bounded by the block.
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[ShardInfo],
+        *,
+        fingerprint: str,
+        seed: int,
+        num_streams: int,
+        chunk_len: int,
+        window_len: int | None,
+        block_samples: int,
+    ) -> None:
+        if window_len is not None and not 0 < window_len <= chunk_len:
+            raise ValueError(f"window_len {window_len} not in [1, chunk_len={chunk_len}]")
+        self.ranges = StreamPlan(
+            shards, fingerprint=fingerprint, seed=seed, num_streams=num_streams
+        )
+        self.shards = self.ranges.shards
+        self.fingerprint, self.seed, self.num_streams = fingerprint, seed, num_streams
+        self.chunk_len = chunk_len
+        self.window_len = window_len
+        self.windows = 1 if window_len is None else -(-chunk_len // window_len)
+        self.block_samples = max(1, block_samples)
+        self._blocks = lru_cache(maxsize=64)(self._make_blocks)
+        self._permutation = lru_cache(maxsize=64)(self._make_permutation)
+
+    @property
+    def layout(self) -> list[int]:
+        """What the unit layout depends on besides (fingerprint, seed, G), for the state."""
+        return [self.window_len or 0, self.block_samples]
+
+    def stream_samples(self, epoch: int, stream: int) -> int:
+        return self.ranges.stream_samples(epoch, stream) * self.windows
+
+    def _make_blocks(self, epoch: int, stream: int) -> tuple[Block, ...]:
+        groups: list[list[Piece]] = [[]]
+        size = 0
+        for piece in self.ranges.pieces(epoch, stream):
+            length = piece.stop - piece.start
+            if groups[-1] and size + length > self.block_samples:
+                groups.append([])
+                size = 0
+            groups[-1].append(piece)
+            size += length
+        blocks, first = [], 0
+        for index, pieces in enumerate(groups):
+            offsets = [0]
+            for piece in pieces:
+                offsets.append(offsets[-1] + piece.stop - piece.start)
+            blocks.append(Block(index, first, tuple(pieces), tuple(offsets[:-1]), offsets[-1]))
+            first += offsets[-1] * self.windows
+        return tuple(blocks)
+
+    def blocks(self, epoch: int, stream: int) -> tuple[Block, ...]:
+        return self._blocks(epoch, stream)
+
+    def _make_permutation(self, epoch: int, stream: int, block: int) -> np.ndarray:
+        size = self.blocks(epoch, stream)[block].samples * self.windows
+        rng = seeded_rng("block-order", self.fingerprint, self.seed, epoch, stream, block)
+        return rng.permutation(size)
+
+    def _unit(self, epoch: int, stream: int, block: Block, planned: int) -> Unit:
+        j = int(self._permutation(epoch, stream, block.index)[planned - block.first])
+        ordinal, window = divmod(j, self.windows)
+        k = bisect.bisect_right(block.offsets, ordinal) - 1
+        piece = block.pieces[k]
+        return piece.shard, piece.start + ordinal - block.offsets[k], window
+
+    def _block_of(self, epoch: int, stream: int, planned: int) -> int:
+        firsts = [b.first for b in self.blocks(epoch, stream)]
+        return bisect.bisect_right(firsts, planned) - 1
+
+    def locate(self, epoch: int, stream: int, planned: int) -> Unit:
+        if not 0 <= planned < self.stream_samples(epoch, stream):
+            raise IndexError(f"stream {stream} has no planned unit {planned} in epoch {epoch}")
+        blocks = self.blocks(epoch, stream)
+        return self._unit(epoch, stream, blocks[self._block_of(epoch, stream, planned)], planned)
+
+    def read(
+        self, epoch: int, stream: int, first: int, open_shard: ShardOpener
+    ) -> Generator[Planned, None, None]:
+        blocks = self.blocks(epoch, stream)
+        start = self._block_of(epoch, stream, first) if blocks else 0
+        for block in blocks[start:]:
+            loaded: dict[tuple[int, int], Sample] = {}
+            for piece in block.pieces:  # whole pieces: a shard whose end is here is checked
+                with contextlib.closing(open_shard(piece.shard, piece.start)) as samples:
+                    for sample in samples:
+                        if sample.index >= piece.stop:
+                            break
+                        loaded[piece.shard, sample.index] = sample
+            stop = block.first + block.samples * self.windows
+            for planned in range(max(first, block.first), stop):
+                unit = self._unit(epoch, stream, block, planned)
+                found = loaded.get(unit[:2])
+                if found is not None:  # None: lost to a bad shard (lenient mode)
+                    yield planned, unit, found
+
+    def continues(self, prev: Unit, cur: Unit) -> bool:
+        (ps, pi, pw), (cs, ci, cw) = prev, cur
+        if cw > 0:
+            return (ps, pi, pw) == (cs, ci, cw - 1)
+        return pw == self.windows - 1 and self.ranges.is_continuation((ps, pi), (cs, ci))

@@ -1,8 +1,10 @@
 """The loader's checkpointable state: a few integers per stream plus what they are relative to.
 
 ``{"format": 1, "fingerprint": str, "split": str, "seed": int, "num_streams": G,
-"streams": [[g, epoch, sample, token], ...]}`` for the global streams a rank owns. Plain ints,
-strs and lists, so it loads with ``torch.load(weights_only=True)``.
+"order": "contiguous" | "shuffled", "layout": [window_len, block_samples] (shuffled only),
+"streams": [[g, epoch, unit, token], ...]}`` for the global streams a rank owns. Plain ints,
+strs and lists, so it loads with ``torch.load(weights_only=True)``. A state without "order"
+(written before shuffled order existed) is contiguous.
 
 Changing the world size: stream ``g`` is global, so any layout with the same number of streams
 G = world_size x micro_batch_size x grad_accum (say 2 ranks x 8 x 1 -> 4 ranks x 4 x 1) resumes
@@ -26,16 +28,33 @@ class LoaderStateError(ValueError):
 
 
 def make_state(
-    *, fingerprint: str, split: str, seed: int, num_streams: int, positions: dict[int, Position]
+    *,
+    fingerprint: str,
+    split: str,
+    seed: int,
+    num_streams: int,
+    positions: dict[int, Position],
+    order: str = "contiguous",
+    layout: list[int] | None = None,
 ) -> dict[str, Any]:
-    return {
+    state: dict[str, Any] = {
         "format": STATE_FORMAT,
         "fingerprint": fingerprint,
         "split": split,
         "seed": seed,
         "num_streams": num_streams,
-        "streams": [[g, *positions[g]] for g in sorted(positions)],
+        "order": order,
     }
+    if layout is not None:
+        state["layout"] = list(layout)
+    state["streams"] = [[g, *positions[g]] for g in sorted(positions)]
+    return state
+
+
+def order_of(state: dict[str, Any]) -> tuple[str, list[int] | None]:
+    """(order, layout) a state was written in; states from before "order" are contiguous."""
+    layout = state.get("layout")
+    return str(state.get("order", "contiguous")), None if layout is None else list(layout)
 
 
 def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -63,6 +82,8 @@ def positions_for(
     seed: int,
     num_streams: int,
     streams: Sequence[int],
+    order: str = "contiguous",
+    layout: list[int] | None = None,
 ) -> dict[int, Position]:
     """The positions of ``streams`` in ``state``, after checking that the state fits."""
     if state.get("format") != STATE_FORMAT:
@@ -83,6 +104,13 @@ def positions_for(
             f"grad_accum), this loader has {num_streams}: resuming with another total stream "
             "count is refused because every epoch's sample ranges would change. Keep the "
             "product the same (e.g. halve grad_accum when doubling the ranks)."
+        )
+    if order_of(state) != (order, layout):
+        raise LoaderStateError(
+            f"loader state is in {order_of(state)[0]!r} order (layout {order_of(state)[1]}), this "
+            f"loader reads in {order!r} order (layout {layout}; [window_len, block_samples] "
+            "depend on seq_len, chunk_len and data.shuffle_buffer_tokens): positions would "
+            "name other units. Use the checkpoint's data.order and settings."
         )
     saved = {int(row[0]): (int(row[1]), int(row[2]), int(row[3])) for row in state["streams"]}
     missing = [g for g in streams if g not in saved]

@@ -1,36 +1,41 @@
-"""One stream: an endless (or, for validation, one-pass) contiguous token sequence read through
-the samples its `StreamPlan` assigns it, with a position that a checkpoint can restore exactly.
+"""One stream: an endless (or, for validation, one-pass) token sequence read through the units
+its plan assigns it, with a position that a checkpoint can restore exactly.
 
-A position is three integers, ``(epoch, sample, token)``: the next token to hand out is token
-``token`` of the stream's ``sample``-th planned sample of ``epoch``. Positions are in *planned*
-coordinates, so they do not depend on what was read ahead, and after a skipped bad shard the
-position still points at the first lost sample: resuming there meets the same bad bytes, skips
-them the same way and marks the same document start.
+A position is three integers, ``(epoch, unit, token)``: the next token to hand out is token
+``token`` of the stream's ``unit``-th planned unit of ``epoch`` (a unit is a sample in contiguous
+order, a window of a sample in shuffled order, see `pretrain.loader.order`). Positions are in
+*planned* coordinates, so they do not depend on what was read ahead, and after a skipped bad
+shard the position still points at the first lost unit: resuming there meets the same bad bytes,
+skips them the same way and marks the same document start.
+
+With units that are whole samples (``plan.window_len`` None) the stream's text is the units'
+tokens concatenated and segments are cut from it wherever they fall. With windows, each `take`
+is exactly one window (the position's token is then always 0).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
 
-from pretrain.loader.order import StreamPlan
-from pretrain.loader.shards import Sample, ShardError
+from pretrain.loader.order import Plan, Planned, ShardOpener, Unit
+from pretrain.loader.shards import ShardError
 
-Position = tuple[int, int, int]  # (epoch, planned sample, token within it)
-ShardOpener = Callable[
-    [int, int], Generator[Sample, None, None]
-]  # (shard index, first sample) -> samples
+Position = tuple[int, int, int]  # (epoch, planned unit, token within it)
+
+__all__ = ["Position", "ShardOpener", "TokenStream"]
 
 
 @dataclass
 class _Entry:
     epoch: int
     planned: int
-    tokens: np.ndarray  # (chunk_len,) int64
+    unit: Unit
+    tokens: np.ndarray  # (chunk_len,): int64 for whole-sample units, as stored for windows
     doc_start: np.ndarray  # (chunk_len,) bool
 
 
@@ -39,7 +44,7 @@ class TokenStream:
 
     def __init__(
         self,
-        plan: StreamPlan,
+        plan: Plan,
         stream: int,
         position: Position,
         open_shard: ShardOpener,
@@ -52,6 +57,7 @@ class TokenStream:
         self._open_shard = open_shard
         self._cycle = cycle
         self._buffer: deque[_Entry] = deque()
+        self._last: _Entry | None = None  # the unit loaded last
         self._cursor = position[2]  # token offset into _buffer[0]
         self._buffered = 0  # tokens available from the cursor on
         self._samples = self._iter_samples(position[0], position[1])
@@ -59,26 +65,15 @@ class TokenStream:
     def close(self) -> None:
         self._samples.close()  # closes the open shard file
 
-    def _iter_samples(
-        self, epoch: int, first: int
-    ) -> Generator[tuple[int, int, int, Sample], None, None]:
-        """(epoch, planned index, shard, sample) from planned sample ``first`` of ``epoch`` on."""
+    def _iter_samples(self, epoch: int, first: int) -> Generator[tuple[int, Planned], None, None]:
+        """(epoch, (planned index, unit, sample)) from planned unit ``first`` of ``epoch`` on."""
         while True:
             found = 0
-            offset = 0
-            for piece in self.plan.pieces(epoch, self.stream):
-                length = piece.stop - piece.start
-                if first >= offset + length:
-                    offset += length
-                    continue
-                start = piece.start + max(0, first - offset)
-                with contextlib.closing(self._open_shard(piece.shard, start)) as samples:
-                    for sample in samples:
-                        if sample.index >= piece.stop:
-                            break
-                        found += 1
-                        yield epoch, offset + sample.index - piece.start, piece.shard, sample
-                offset += length
+            items = self.plan.read(epoch, self.stream, first, self._open_shard)
+            with contextlib.closing(items) as planned:
+                for item in planned:
+                    found += 1
+                    yield epoch, item
             if not self._cycle:
                 return
             if found == 0 and first == 0:
@@ -94,13 +89,14 @@ class TokenStream:
         return epoch + 1, 0
 
     def _load(self) -> bool:
-        """Append the next valid sample to the buffer; False when a one-pass stream is done."""
-        prev = self._buffer[-1] if self._buffer else None
+        """Append the next valid unit to the buffer; False when a one-pass stream is done."""
+        prev = self._last
         try:
-            epoch, planned, shard, sample = next(self._samples)
+            epoch, (planned, unit, sample) = next(self._samples)
         except StopIteration:
             return False
-        tokens = sample.tokens.astype(np.int64)
+        window_len = self.plan.window_len
+        tokens = sample.tokens if window_len else sample.tokens.astype(np.int64)
         doc_start = np.zeros(tokens.shape[0], dtype=bool)
         doc_start[list(sample.doc_starts)] = True
         # Expected: the planned successor of what came before (or the restored position).
@@ -108,41 +104,40 @@ class TokenStream:
             self._next_planned(prev.epoch, prev.planned) if prev is not None else self.position[:2]
         )
         skipped = (epoch, planned) != (exp_epoch, exp_planned)
-        if skipped or self._starts_fresh(epoch, planned, shard, sample.index):
-            doc_start[0] = True  # earlier tokens are not this text's context
+        if skipped or not self._continues(prev, epoch, planned, unit):
+            # earlier tokens are not this text's context
+            doc_start[unit[2] * window_len if window_len else 0] = True
         if not self._buffer and (epoch, planned) != self.position[:2]:
-            self._cursor = 0  # the restored sample itself was lost to a bad shard
-        self._buffer.append(_Entry(epoch, planned, tokens, doc_start))
+            self._cursor = 0  # the restored unit itself was lost to a bad shard
+        entry = _Entry(epoch, planned, unit, tokens, doc_start)
+        self._buffer.append(entry)
+        self._last = entry
         self._buffered += tokens.shape[0] - (self._cursor if len(self._buffer) == 1 else 0)
         return True
 
-    def _starts_fresh(self, epoch: int, planned: int, shard: int, index: int) -> bool:
-        """Whether the planned predecessor of this sample is not the text right before it."""
+    def _continues(self, prev: _Entry | None, epoch: int, planned: int, unit: Unit) -> bool:
+        """Whether this unit is the text right after its planned predecessor (which is ``prev``
+        when nothing was skipped; located in the plan after a restore)."""
+        if prev is not None:
+            return self.plan.continues(prev.unit, unit)
         if planned == 0 and epoch == 0:
-            return True
+            return False
         if planned > 0:
             prev_epoch, prev_planned = epoch, planned - 1
         else:
             prev_epoch = epoch - 1
             prev_planned = self.plan.stream_samples(prev_epoch, self.stream) - 1
-        prev = self._locate(prev_epoch, prev_planned)
-        return not self.plan.is_continuation(prev, (shard, index))
-
-    def _locate(self, epoch: int, planned: int) -> tuple[int, int]:
-        """(shard, sample index) of a planned sample."""
-        offset = 0
-        for piece in self.plan.pieces(epoch, self.stream):
-            length = piece.stop - piece.start
-            if planned < offset + length:
-                return piece.shard, piece.start + planned - offset
-            offset += length
-        raise IndexError(f"stream {self.stream} has no planned sample {planned} in epoch {epoch}")
+        return self.plan.continues(self.plan.locate(prev_epoch, self.stream, prev_planned), unit)
 
     def take(self, n: int, advance: int) -> tuple[np.ndarray, np.ndarray]:
         """The next ``n`` tokens and their document-start flags, then move ``advance`` <= n on.
 
-        A one-pass stream near its end returns fewer than ``n`` (possibly none).
+        A one-pass stream near its end returns fewer than ``n`` (possibly none). With windows
+        (``plan.window_len`` set, equal to ``advance``) it is the next window's tokens, up to
+        ``n`` of them from the window's start (fewer at the end of a sample).
         """
+        if self.plan.window_len:
+            return self._take_window(n, self.plan.window_len)
         while self._buffered < n and self._load():
             pass
         tokens, starts = [], []
@@ -159,6 +154,15 @@ class TokenStream:
         if not tokens:
             return np.zeros(0, np.int64), np.zeros(0, bool)
         return np.concatenate(tokens), np.concatenate(starts)
+
+    def _take_window(self, n: int, window_len: int) -> tuple[np.ndarray, np.ndarray]:
+        if not self._buffer and not self._load():
+            return np.zeros(0, np.int64), np.zeros(0, bool)
+        entry = self._buffer.popleft()
+        self._buffered, self._cursor = 0, 0
+        lo = entry.unit[2] * window_len
+        self.position = (*self._next_planned(entry.epoch, entry.planned), 0)
+        return entry.tokens[lo : lo + n].astype(np.int64), entry.doc_start[lo : lo + n]
 
     def _advance(self, count: int) -> None:
         self._buffered -= count

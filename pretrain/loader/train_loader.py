@@ -5,21 +5,44 @@ of micro-batch k is stream ``r*S + k*micro_batch_size + b`` at every step, so th
 the same text from step to step (and across gradient accumulation). A background thread builds
 whole steps ahead into a bounded buffer; each step carries the stream positions *after* it, and
 `state_dict()` reports the positions of the last step the trainer took, never the read-ahead.
+
+The order (``DataConfig.order``): "contiguous" (each row continues its text, for Transformer-XL
+memory) or "shuffled" (each row reads a random seq_len window each step, for models without
+memory); "auto" picks shuffled when the caller says ``mem_len=0`` and contiguous otherwise
+(also when ``mem_len`` is not given). See docs/loader.md "Order".
 """
 
 from __future__ import annotations
 
-from typing import Any
+import warnings
+from typing import Any, Literal
 
 from pretrain.config import DataConfig
 from pretrain.loader.collate import Batch, Objective
 from pretrain.loader.dataset import SplitSource
-from pretrain.loader.order import StreamPlan, seed_int
+from pretrain.loader.order import ShuffledPlan, StreamPlan, seed_int
 from pretrain.loader.prefetch import Prefetcher
-from pretrain.loader.state import make_state, positions_for
+from pretrain.loader.state import LoaderStateError, make_state, order_of, positions_for
 from pretrain.loader.stream import Position, TokenStream
 
 Step = tuple[list[Batch], dict[int, Position]]
+Order = Literal["contiguous", "shuffled"]
+
+
+def resolve_order(order: str, mem_len: int | None) -> Order:
+    """The order ``DataConfig.order`` means for a model with ``mem_len`` (None: not known)."""
+    if order == "shuffled":
+        if mem_len:
+            raise ValueError(
+                f"data.order shuffled with mem_len {mem_len}: Transformer-XL memory would carry "
+                "unrelated text from step to step; use contiguous (or auto)"
+            )
+        return "shuffled"
+    if order == "contiguous":
+        return "contiguous"
+    if order != "auto":
+        raise ValueError(f"order must be auto, contiguous or shuffled, got {order!r}")
+    return "shuffled" if mem_len == 0 else "contiguous"
 
 
 class TrainLoader:
@@ -41,7 +64,10 @@ class TrainLoader:
         expected_vocab_size: int | None = None,
         expected_dtype: str | None = None,
         storage_options: dict[str, Any] | None = None,
+        mem_len: int | None = None,
     ) -> None:
+        """``mem_len``: the model's Transformer-XL memory length, which ``data_config.order``
+        "auto" needs (0: shuffled; > 0 or None: contiguous)."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
         self.data_config = data_config or DataConfig()
@@ -68,17 +94,49 @@ class TrainLoader:
                 f"{self.num_streams} streams (world_size x micro_batch_size x grad_accum); "
                 "prepare more data or a smaller chunk_len"
             )
-        self.plan = StreamPlan(
-            split.shards,
-            fingerprint=self.fingerprint,
-            seed=seed,
-            num_streams=self.num_streams,
-        )
+        self.plan: StreamPlan | ShuffledPlan
+        self.order: Order = resolve_order(self.data_config.order, mem_len)
+        self._mem_len = mem_len
+        self._set_order(self.order)
         first = rank * self.streams_per_rank
         self.stream_ids = list(range(first, first + self.streams_per_rank))
         self._positions: dict[int, Position] = {g: (0, 0, 0) for g in self.stream_ids}
         self._streams: list[TokenStream] = []
         self._prefetcher: Prefetcher[Step] | None = None
+
+    def _set_order(self, order: Order) -> None:
+        split = self.source.split
+        if order == "contiguous":
+            self.plan = StreamPlan(
+                split.shards,
+                fingerprint=self.fingerprint,
+                seed=self.seed,
+                num_streams=self.num_streams,
+            )
+            self._layout: list[int] | None = None
+        else:
+            chunk_len = self.source.manifest.chunk_len
+            _, advance = self.collator.segment_tokens(self.seq_len)
+            window = advance if advance <= chunk_len else None
+            if window is not None and chunk_len % window:
+                warnings.warn(
+                    f"shuffled order with seq_len {self.seq_len} not dividing chunk_len "
+                    f"{chunk_len}: each sample's last window has {chunk_len % window} tokens and "
+                    "is padded (no loss there); a seq_len that divides chunk_len wastes nothing",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            plan = ShuffledPlan(
+                split.shards,
+                fingerprint=self.fingerprint,
+                seed=self.seed,
+                num_streams=self.num_streams,
+                chunk_len=chunk_len,
+                window_len=window,
+                block_samples=self.data_config.shuffle_buffer_tokens // chunk_len,
+            )
+            self.plan, self._layout = plan, plan.layout
+        self.order = order
 
     # -- what the trainer reads about the data -------------------------------------------
 
@@ -164,10 +222,29 @@ class TrainLoader:
             seed=self.seed,
             num_streams=self.num_streams,
             positions=self._positions,
+            order=self.order,
+            layout=self._layout,
         )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` (this rank's, or `merge_states` of all ranks' states)."""
+        """Continue from ``state`` (this rank's, or `merge_states` of all ranks' states).
+
+        With ``data_config.order`` "auto", a state in the other order (e.g. a checkpoint taken
+        before shuffled order existed) is continued in its own order, with a warning.
+        """
+        saved_order, _ = order_of(state)
+        if self.data_config.order == "auto" and saved_order != self.order:
+            if saved_order not in ("contiguous", "shuffled"):
+                raise LoaderStateError(f"loader state has unknown order {saved_order!r}")
+            resolve_order(saved_order, self._mem_len)  # shuffled with memory: refused
+            warnings.warn(
+                f"data.order auto would read in {self.order} order, the checkpoint's loader "
+                f"state is in {saved_order} order: continuing in {saved_order} order",
+                UserWarning,
+                stacklevel=2,
+            )
+            self._stop()
+            self._set_order(saved_order)  # type: ignore[arg-type]
         positions = positions_for(
             state,
             fingerprint=self.fingerprint,
@@ -175,6 +252,8 @@ class TrainLoader:
             seed=self.seed,
             num_streams=self.num_streams,
             streams=self.stream_ids,
+            order=self.order,
+            layout=self._layout,
         )
         self._stop()
         self._positions = positions

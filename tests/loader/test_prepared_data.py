@@ -17,6 +17,7 @@ import torch
 
 from pretrain.loader import ShardError, TrainLoader, ValidationLoader
 from pretrain.loader.manifest import load_manifest
+from pretrain.loader.order import StreamPlan
 from pretrain.objectives import IGNORE_INDEX, span_corruption_lengths
 from tests.loader.helpers import flip_token_byte, stream_rows
 
@@ -71,11 +72,13 @@ def test_streams_carry_the_shards_tokens_and_every_hash_checks(
             steps = [loader.next_step() for _ in range(math.ceil(longest / 48) + 3)]
             assert loader.hash_mismatches == 0 and loader.bad_shards == (0, 0)
             assert loader.state_dict()["streams"][0][1] == 1  # every stream is in epoch 1
+    plan = loader.plan
+    assert isinstance(plan, StreamPlan)  # auto without mem_len: contiguous
     for g in range(4):
         k, b = divmod(g, 2)
         tokens, starts = [], []
         for epoch in (0, 1):
-            for piece in loader.plan.pieces(epoch, g):
+            for piece in plan.pieces(epoch, g):
                 for i in range(
                     offsets[piece.shard] + piece.start, offsets[piece.shard] + piece.stop
                 ):

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import deepspeed
@@ -24,6 +23,7 @@ from deepspeed.accelerator import get_accelerator
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pretrain import process_group
 from pretrain.config import EngineConfig, ExperimentConfig, TrainConfig
 from pretrain.model import LanguageModel, build_model
 
@@ -45,42 +45,15 @@ def init_distributed(engine: EngineConfig) -> None:
     # harness or an embedding program): DeepSpeed then adopts that group; skipping the call
     # would leave DeepSpeed believing the world has one process.
     if "RANK" not in os.environ and not dist.is_initialized():
-        # One process, no launcher: a world of one, still through the real code path.
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("LOCAL_RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        process_group.single_process_env()
     if on_cpu():
-        _remove_stale_shm_buffers()
+        process_group.remove_stale_shm_buffers()
     deepspeed.init_distributed(
-        dist_backend=backend, timeout=timedelta(seconds=engine.dist_timeout_s)
+        dist_backend=backend,
+        timeout=timedelta(seconds=engine.dist_timeout_s),
+        init_method=process_group.attempt_init_method(),
     )
-
-
-def _remove_stale_shm_buffers() -> None:
-    """Delete this rank's leftover DeepSpeed CPU all-reduce buffer from a killed process.
-
-    On CPU, DeepSpeed maps /dev/shm/deepspeed_allreduce_buffer_*_{addr}_{port}_{rank} and waits
-    on flags in its peers' buffers. A rank killed with SIGKILL leaves its buffer behind; when
-    torchrun restarts the group on the same address and port, the new ranks would wait on the
-    dead ones' flags forever. Each rank removes only its own name, and before the process group
-    forms, so no peer can have opened the new buffer yet.
-    """
-    addr, port, rank = (os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK"))
-    if not (addr and port and rank):
-        return
-    for stale in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{addr}_{port}_{rank}"):
-        stale.unlink(missing_ok=True)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    process_group.start_heartbeat(engine.dist_timeout_s)
 
 
 def deepspeed_config(config: ExperimentConfig, world_size: int) -> dict[str, Any]:

@@ -9,13 +9,15 @@ For one sentencepiece and one HF tokenizer, on the same text in the same run:
     and fsync shards, markers, manifest), each worker on one thread;
   * the CPU time of each (this process + finished children, getrusage), which unlike MB/s does
     not depend on how busy the machine is: prepare's overhead over the bare tokenizer;
+  * bare on UTF-8 bytes: the same through `Tokenizer.encode_utf8_batch`, which prepare calls
+    with the bytes it read (sentencepiece encodes them as they are; HF gets them decoded);
 measured ``--repeats`` times, interleaved (bare, 1 worker, 2 workers, bare, ...), reporting the
 median and the 1-minute load average around each measurement. Then peak RSS of `prepare
 --workers 2` on the corpus at 1x and 10x: the parent's VmHWM (read in the process itself) and the
 largest worker VmHWM (polled every 0.1 s from /proc). Not ``ru_maxrss``: a child started by
 vfork/exec inherits its parent's high-water mark, so it would report this script's own memory.
 
-    PYTHONPATH=. python benchmarks/data_pipeline_prepare.py --copies 10 --repeats 5 --memory
+    PYTHONPATH=. python benchmarks/data_pipeline_prepare.py --copies 40 --repeats 3 --memory
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from data_pipeline.configuration import from_dict
 from data_pipeline.prepare import prepare
@@ -56,13 +59,18 @@ def recipe(corpus: Path, tok: str, out: Path) -> PrepareConfig:
     )
 
 
-def bare(tok: Tokenizer, corpus: Path) -> tuple[float, float]:
-    """(MB/s, CPU seconds / wall seconds) of encoding the corpus on one thread."""
+def bare(tok: Tokenizer, corpus: Path, utf8: bool = False) -> tuple[float, float]:
+    """(MB/s, CPU seconds / wall seconds) of encoding the corpus on one thread: the texts as
+    str (`encode_batch`), or with ``utf8`` as UTF-8 bytes (`encode_utf8_batch`, what prepare
+    calls: sentencepiece then skips its own str -> UTF-8 conversion)."""
     text = corpus.read_text(encoding="utf-8")
-    docs = [p for p in text.split("\n \n") if p.strip()]
+    docs: list[Any] = [p for p in text.split("\n \n") if p.strip()]
+    encode: Any = tok.encode_batch
+    if utf8 and hasattr(tok, "encode_utf8_batch"):  # (absent before it was added: str)
+        docs, encode = [d.encode() for d in docs], tok.encode_utf8_batch
     start, cpu = time.perf_counter(), time.process_time()
     for i in range(0, len(docs), 256):
-        tok.encode_batch(docs[i : i + 256], num_threads=1)
+        encode(docs[i : i + 256], num_threads=1)
     wall = time.perf_counter() - start
     return len(text.encode()) / 1e6 / wall, (time.process_time() - cpu) / wall
 
@@ -126,6 +134,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats (median shown)")
     ap.add_argument("--kinds", default="sp_unigram,hf_bpe")
     ap.add_argument("--memory", action="store_true", help="run the 1x/10x peak-memory measurement")
+    ap.add_argument("--memory-kind", default="sp_unigram", help="tokenizer of the memory runs")
+    ap.add_argument(
+        "--memory-copies", type=int, default=10, help="copies of --corpus in the 1x memory corpus"
+    )
     args = ap.parse_args()
     single_threaded_env()
     os.environ["RAYON_NUM_THREADS"] = "1"
@@ -151,7 +163,11 @@ def main() -> None:
         )
         tok = train_tokenizer(cfg, log=io.StringIO())
         runs: dict[str, list[float]] = {
-            k: [] for k in ("bare", "cpu", "w1", "w2", "ratio", "cpu_bare", "cpu_w1", "cpu_w2")
+            k: []
+            for k in (
+                *("bare", "bare_utf8", "cpu", "w1", "w2", "ratio", "ratio_utf8"),
+                *("cpu_bare", "cpu_w1", "cpu_w2"),
+            )
         }
         loads: list[float] = []
         for rep in range(args.repeats):
@@ -161,6 +177,7 @@ def main() -> None:
             runs["cpu_bare"].append((cpu_seconds() - used) * 1000 / size_mb)
             runs["bare"].append(rate)
             runs["cpu"].append(cpu)
+            runs["bare_utf8"].append(bare(tok, corpus, utf8=True)[0])
             for workers in (1, 2):
                 out = work / f"out-{kind}-{workers}"
                 start, used = time.perf_counter(), cpu_seconds()
@@ -170,17 +187,20 @@ def main() -> None:
                 shutil.rmtree(out)
             loads.append(load())
             runs["ratio"].append(runs["w2"][-1] / rate)
+            runs["ratio_utf8"].append(runs["w2"][-1] / runs["bare_utf8"][-1])
             print(
                 f"  {kind} repeat {rep}: bare {rate:.2f} MB/s (cpu/wall {cpu:.2f}), "
+                f"bare on UTF-8 bytes {runs['bare_utf8'][-1]:.2f}, "
                 f"1 worker {runs['w1'][-1]:.2f}, 2 workers {runs['w2'][-1]:.2f}, "
                 f"ratio {runs['ratio'][-1]:.2f}, load {loads[-2]:.1f}-{loads[-1]:.1f}",
                 flush=True,
             )
         med = {k: statistics.median(v) for k, v in runs.items()}
         rows.append(
-            f"| {kind} | {med['bare']:.2f} | {med['cpu']:.2f} | {med['w1']:.2f} | "
-            f"{med['w2']:.2f} | {med['ratio']:.2f} ({min(runs['ratio']):.2f}-"
-            f"{max(runs['ratio']):.2f}) | {min(loads):.1f}-{max(loads):.1f} |"
+            f"| {kind} | {med['bare']:.2f} | {med['cpu']:.2f} | {med['bare_utf8']:.2f} | "
+            f"{med['w1']:.2f} | {med['w2']:.2f} | {med['ratio']:.2f} ({min(runs['ratio']):.2f}-"
+            f"{max(runs['ratio']):.2f}) | {med['ratio_utf8']:.2f} | "
+            f"{min(loads):.1f}-{max(loads):.1f} |"
         )
         cpu_rows.append(
             f"| {kind} | {med['cpu_bare']:.1f} | {med['cpu_w1']:.1f} | {med['cpu_w2']:.1f} | "
@@ -192,9 +212,10 @@ def main() -> None:
     )
     print(
         "| tokenizer | bare encode_batch, 1 thread (MB/s) | bare cpu/wall "
-        "| prepare 1 worker (MB/s) | prepare 2 workers (MB/s) | ratio 2w / bare | load avg |"
+        "| bare on UTF-8 bytes (MB/s) | prepare 1 worker (MB/s) | prepare 2 workers (MB/s) "
+        "| ratio 2w / bare | ratio 2w / bare on bytes | load avg |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print(
         "\nCPU time per MB (this process + prepare workers, getrusage; medians): what prepare "
@@ -208,11 +229,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     print("\n".join(cpu_rows))
     if args.memory:
-        kind = args.kinds.split(",")[-1]
+        kind = args.memory_kind
+        if not (work / kind).exists():
+            sys.exit(f"--memory-kind {kind} is not among --kinds")
         for copies in (1, 10):
             big = work / f"mem-{copies}.txt"
             with open(big, "wb") as f:  # never the whole corpus in this process's memory
-                for _ in range(args.copies * copies):
+                for _ in range(args.memory_copies * copies):
                     f.write(raw)
             run = subprocess.run(
                 [sys.executable, "-c", MEMORY_PROBE, str(big), str(work / kind), str(work / "m")],

@@ -7,8 +7,6 @@ import hashlib
 from collections import Counter
 from typing import Any
 
-from fsspec.core import url_to_fs
-
 from data_pipeline.storage import Output, json_bytes
 
 MANIFEST = "manifest.json"
@@ -36,6 +34,8 @@ def read_manifest_bytes(
     url = location.rstrip("/")
     if not url.endswith(".json"):
         url = f"{url}/{MANIFEST}"
+    from fsspec.core import url_to_fs
+
     fs, path = url_to_fs(url, **(storage_options or {}))
     data = bytes(fs.cat_file(path))
     return data, url.rsplit("/", 1)[0]

@@ -8,12 +8,17 @@ units with a marker are skipped; a killed run leaves only complete files under f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing as mp
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from typing import Any, TextIO
 
 from data_pipeline.configuration import to_dict
@@ -25,10 +30,11 @@ from data_pipeline.manifest import (
 )
 from data_pipeline.progress import Progress
 from data_pipeline.schemas import PrepareConfig
-from data_pipeline.storage import Output, json_bytes
+from data_pipeline.storage import Committer, Output, json_bytes
 from data_pipeline.tokenizer import Tokenizer, single_threaded_env
 from data_pipeline.unit_job import run_unit
 from data_pipeline.units import WorkUnit, plan_units
+from data_pipeline.worker import worker_main
 
 
 class OutputConflictError(ValueError):
@@ -84,39 +90,6 @@ def check_output(out: Output, cfg: PrepareConfig, tok: Tokenizer, chash: str) ->
             )
 
 
-# -- worker processes ---------------------------------------------------------------------
-_WORKER: dict[str, Any] = {}
-
-
-def _init_worker(cfg: PrepareConfig, chash: str, q: Any) -> None:
-    single_threaded_env()
-    _WORKER.update(
-        cfg=cfg,
-        chash=chash,
-        tok=Tokenizer.load(cfg.tokenizer),
-        out=Output(cfg.output, cfg.storage_options),
-        q=q,
-    )
-
-
-def _worker_run(unit: WorkUnit) -> int:
-    q = _WORKER["q"]
-    pending = [0, 0, 0]
-    last = [time.monotonic()]
-
-    def report(docs: int, tokens: int, bytes_in: int) -> None:
-        pending[0] += docs
-        pending[1] += tokens
-        pending[2] += bytes_in
-        if time.monotonic() - last[0] > 1.0 or bytes_in:
-            q.put((pending[0], pending[1], pending[2]))
-            pending[:] = [0, 0, 0]
-            last[0] = time.monotonic()
-
-    run_unit(unit, _WORKER["cfg"], _WORKER["tok"], _WORKER["out"], _WORKER["chash"], report)
-    return unit.index
-
-
 # -- the job ------------------------------------------------------------------------------
 def prepare(
     cfg: PrepareConfig,
@@ -147,7 +120,7 @@ def prepare(
     )
     progress = Progress("prepare", len(todo), log)
     if todo:
-        _run_units(todo, cfg, chash, workers, progress)
+        _run_units(todo, cfg, tok, out, chash, workers, progress)
     print(progress.line().replace("[prepare]", "[prepare done]"), file=log)
     fingerprint = None
     if finalize_when_done if finalize_when_done is not None else num_tasks == 1:
@@ -158,28 +131,158 @@ def prepare(
 
 
 def _run_units(
-    todo: list[WorkUnit], cfg: PrepareConfig, chash: str, workers: int, progress: Progress
+    todo: list[WorkUnit],
+    cfg: PrepareConfig,
+    tok: Tokenizer,
+    out: Output,
+    chash: str,
+    workers: int,
+    progress: Progress,
 ) -> None:
-    if workers <= 1:
-        single_threaded_env()
-        tok = Tokenizer.load(cfg.tokenizer)
-        out = Output(cfg.output, cfg.storage_options)
-        for unit in todo:
-            run_unit(unit, cfg, tok, out, chash, lambda d, t, b: progress.add(d, t, b))
-            progress.add(units=1)
-        return
-    # spawn, not fork: HF tokenizers' thread pool and s3fs's event loop do not survive a fork.
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    stop = threading.Event()
-    drainer = progress.drain(q, stop)
+    """Run ``todo`` on ``workers`` processes: this one and ``workers - 1`` spawned ones, all
+    taking units from one queue. This process starts on the first unit at once, while the
+    others start up (imports, tokenizer), so start-up costs one process's worth of wall time
+    less; a thread here hands units to the others over pipes and applies their progress."""
+    single_threaded_env()  # here, and inherited by the workers before they import tokenizers
+    queue = deque(todo)
+    errors: list[BaseException] = []
+    helpers: list[tuple[BaseProcess, Connection]] = []
+    dispatcher: threading.Thread | None = None
+    committer = Committer(out, cfg.shard_bytes)
     try:
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg, chash, q)) as pool:
-            for _ in pool.imap_unordered(_worker_run, todo, chunksize=1):
-                progress.add(units=1)
+        if min(workers, len(todo)) > 1:
+            # spawn, not fork: HF tokenizers' thread pool and s3fs's event loop do not survive a
+            # fork. The tokenizer and output travel pickled (no storage reads in the worker).
+            ctx = mp.get_context("spawn")
+            for _ in range(min(workers, len(todo)) - 1):
+                mine, theirs = ctx.Pipe()
+                # The tokenizer goes over the pipe (see `_dispatch`), not with these arguments: the
+                # spawn handshake blocks for good if a child dies before reading arguments
+                # larger than a pipe buffer (the parent holds the pipe's other end meanwhile).
+                proc = ctx.Process(target=worker_main, args=(theirs, cfg, out, chash), daemon=True)
+                proc.start()
+                theirs.close()
+                helpers.append((proc, mine))
+            dispatcher = threading.Thread(
+                target=_dispatch,
+                args=(helpers, tok, queue, workers, progress, errors),
+                daemon=True,
+            )
+            dispatcher.start()
+        while not errors:
+            try:
+                unit = queue.popleft()
+            except IndexError:
+                break
+            run_unit(
+                unit,
+                cfg,
+                tok,
+                out,
+                chash,
+                lambda d, t, b: progress.add(d, t, b),
+                committer,
+                lambda: progress.add(units=1),
+            )
+        committer.wait()
+        if dispatcher is not None:
+            dispatcher.join()
     finally:
-        stop.set()
-        drainer.join(timeout=5)
+        queue.clear()
+        # This process's last commits, also after a failure (which is the error to raise).
+        with contextlib.suppress(BaseException):
+            committer.wait()
+        for helper, pipe in helpers:
+            if helper.is_alive():
+                helper.terminate()  # only after a failure: a unit without a marker is redone
+            helper.join()
+            pipe.close()
+    if errors:
+        raise errors[0]
+
+
+def _dispatch(
+    helpers: list[tuple[BaseProcess, Connection]],
+    tok: Tokenizer,
+    queue: deque[WorkUnit],
+    workers: int,
+    progress: Progress,
+    errors: list[BaseException],
+) -> None:
+    """Send each spawned worker the tokenizer (pickled as its artifact), then units from
+    ``queue`` until it is empty and they have exited. Each
+    gets one unit ahead while many are left (it never waits for this thread, which may wait
+    for the GIL), and none ahead near the end (the last units go to whoever is free)."""
+    procs = {conn: proc for proc, conn in helpers}
+    given = dict.fromkeys(procs, 0)  # units sent and not done yet
+    exited: set[Connection] = set()
+
+    def top_up(conn: Connection) -> None:
+        while given[conn] < (2 if len(queue) >= workers else 1):
+            try:
+                unit: WorkUnit | None = queue.popleft()
+            except IndexError:
+                unit = None
+            if unit is None and given[conn] > 0:
+                return  # told to stop once its units are done
+            conn.send(unit)
+            if unit is None:
+                given[conn] = -1  # stopped
+                return
+            given[conn] += 1
+
+    with contextlib.suppress(OSError, ValueError):  # pipes closed under us: torn down
+        for conn in procs:
+            conn.send(tok)
+        _serve(procs, given, exited, top_up, progress, errors, queue)
+
+
+def _serve(
+    procs: dict[Connection, BaseProcess],
+    given: dict[Connection, int],
+    exited: set[Connection],
+    top_up: Callable[[Connection], None],
+    progress: Progress,
+    errors: list[BaseException],
+    queue: deque[WorkUnit],
+) -> None:
+    for conn in procs:
+        top_up(conn)
+    live = set(procs)
+    while live:
+        for ready in wait(list(live)):
+            assert isinstance(ready, Connection)
+            conn = ready
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                live.discard(conn)
+                proc = procs[conn]
+                proc.join(timeout=5)
+                if conn not in exited:
+                    errors.append(
+                        RuntimeError(
+                            f"prepare worker process {proc.pid} died (exit code "
+                            f"{proc.exitcode}); its unfinished units have no marker and are "
+                            "redone by a rerun"
+                        )
+                    )
+                    queue.clear()
+                continue
+            kind = message[0]
+            if kind == "progress":
+                progress.add(*message[1:])
+            elif kind == "done":
+                progress.add(units=1)
+                given[conn] -= 1
+                if given[conn] >= 0:
+                    top_up(conn)
+            elif kind == "error":
+                errors.append(message[1])
+                queue.clear()
+                exited.add(conn)
+            elif kind == "exit":
+                exited.add(conn)
 
 
 def finalize(

@@ -42,7 +42,7 @@ class BadInputError(ValueError):
     """Input that the ``fail`` policy refuses; the message starts with ``path:line:``."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Document:
     text: str
     nbytes: int  # UTF-8 bytes of ``text``
@@ -134,15 +134,19 @@ class UnitReader:
         stream = decompressing(hashing, self.unit.source.compression)  # type: ignore[arg-type]
         line = 0
         try:
-            for line, data in self._lines(stream, None):
-                yield from self._from_line(line, data)
-            yield from self._flush(line + 1)
+            for line, data in self._chunks(stream, None):
+                yield from self._from_chunk(line, data)
+            final = self._flush()
+            if final is not None:
+                yield final
             hashing.drain()
+        except BadInputError:
+            raise  # the fail policy's own error (a ValueError), not a broken stream
         except _CODEC_ERRORS as err:
-            self.bad("corrupt_input", line + 1, f"{type(err).__name__}: {err}")
+            self.bad("corrupt_input", self._lines_done + 1, f"{type(err).__name__}: {err}")
             self.pending = None
         except OSError as err:  # BadGzipFile and read failures
-            self.bad("corrupt_input", line + 1, f"{type(err).__name__}: {err}")
+            self.bad("corrupt_input", self._lines_done + 1, f"{type(err).__name__}: {err}")
             self.pending = None
         self.bytes_read = hashing.count
         self.sha256 = hashing.sha.hexdigest()
@@ -161,21 +165,28 @@ class UnitReader:
         self._real_start = start
         raw.seek(start)
         sha = hashlib.sha256()
-        line = 0
-        for line, data in self._lines(raw, max(0, end - start), sha):
-            yield from self._from_line(line, data)
-        yield from self._flush(line + 1)
+        for line, data in self._chunks(raw, max(0, end - start), sha):
+            yield from self._from_chunk(line, data)
+        final = self._flush()
+        if final is not None:
+            yield final
         self.bytes_read = max(0, end - start)
         self.sha256 = sha.hexdigest()
 
-    def _lines(
+    _lines_done = 0  # lines completely read so far (where a broken compressed stream broke)
+
+    def _chunks(
         self, stream: IO[bytes], limit: int | None, sha: Any = None
     ) -> Iterator[tuple[int, bytes | None]]:
-        """(1-based line number, line bytes with newline, or None when over the size limit)."""
+        """The input as runs of whole lines, in order: (1-based number of the first line,
+        bytes of one or more whole lines), each line with its newline except the input's last
+        and none over max_document_bytes; or (number, None) for one line over that, which is
+        never held in memory. A run is up to a read block (1 MiB) of lines, so the per-line
+        work is left to bytes methods."""
         max_line = self.cfg.max_document_bytes
-        parts: list[bytes] = []
-        length = 0
-        number = 0
+        carry: list[bytes] = []  # the line that the last block left open
+        carry_len = 0  # its length so far, also once it is over max_line and dropped
+        number = 0  # lines completed
         left = limit
         # read1 returns what is decoded so far: a truncated compressed stream then loses only
         # its last block, not everything a read(BLOCK) had gathered before the error.
@@ -188,26 +199,43 @@ class UnitReader:
                 left -= len(block)
             if sha is not None:
                 sha.update(block)
-            pieces = block.split(b"\n")
-            for piece in pieces[:-1]:
-                number += 1
-                length += len(piece) + 1
-                if length > max_line:
-                    yield number, None
+            last = block.rfind(b"\n")
+            if last < 0:
+                carry_len += len(block)
+                if carry_len <= max_line:
+                    carry.append(block)
                 else:
-                    parts.append(piece)
-                    parts.append(b"\n")
-                    yield number, b"".join(parts)
-                parts, length = [], 0
-            tail = pieces[-1]
-            length += len(tail)
-            if length <= max_line:
-                parts.append(tail)
+                    carry = []
+                continue
+            head = block.find(b"\n") + 1  # the open line ends here
+            if carry_len + head > max_line:
+                number += 1
+                self._lines_done = number
+                yield number, None
+                lines = block[head : last + 1]
+            elif carry:
+                carry.append(block[: last + 1])
+                lines = b"".join(carry)
             else:
-                parts = []
-        if length:
+                lines = block[: last + 1]
+            if lines:
+                if len(lines) > max_line:  # only when max_document_bytes is below a block
+                    for piece in lines.split(b"\n")[:-1]:
+                        number += 1
+                        self._lines_done = number
+                        yield number, (piece + b"\n" if len(piece) < max_line else None)
+                else:
+                    count = lines.count(b"\n")
+                    self._lines_done = number + count
+                    yield number + 1, lines
+                    number += count
+            tail = block[last + 1 :]
+            carry_len = len(tail)
+            carry = [tail] if tail and carry_len <= max_line else []
+        if carry_len:
             number += 1
-            yield number, (b"".join(parts) if length <= max_line else None)
+            self._lines_done = number
+            yield number, (b"".join(carry) if carry_len <= max_line else None)
 
     # -- formats --------------------------------------------------------------------------
     pending: list[bytes] | None = None  # text file/paragraphs: lines of the open document
@@ -215,21 +243,87 @@ class UnitReader:
     pending_bytes = 0
     pending_too_long = False
 
-    def _decode(self, data: bytes, line: int) -> str | None:
+    def _document(self, data: bytes, line: int) -> Document | None:
+        """The document of these bytes, or None (counted or raised) when they are not text or
+        only whitespace."""
         try:
-            return data.decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as err:
             self.bad("invalid_utf8", line, f"byte {err.start}: {err.reason}")
             return None
-
-    def _emit(self, data: bytes, line: int) -> Iterator[Document]:
-        text = self._decode(data, line)
-        if text is None:
-            return
-        if not text.strip():
+        if not text or text.isspace():  # i.e. not text.strip()
             self.bad("empty_document", line)
-            return
-        yield Document(text, len(data), line, data)
+            return None
+        return Document(text, len(data), line, data)
+
+    def _from_chunk(self, first: int, data: bytes | None) -> list[Document]:
+        """Documents completed by a run of whole lines from `_chunks`."""
+        fmt, mode = self.cfg.format, self.cfg.text_mode
+        if data is None:
+            return list(self._from_line(first, None))
+        if fmt == "text" and mode == "paragraphs":
+            return self._paragraphs(first, data)
+        if fmt == "text" and mode == "file":
+            self._extend_pending(first, data)
+            return []
+        docs: list[Document] = []  # one document per line
+        pos, number, end = 0, first, len(data)
+        while pos < end:
+            nl = data.find(b"\n", pos)
+            nxt = end if nl < 0 else nl + 1
+            docs.extend(self._from_line(number, data[pos:nxt]))
+            pos, number = nxt, number + 1
+        return docs
+
+    def _paragraphs(self, first: int, data: bytes) -> list[Document]:
+        """Paragraph mode over whole lines: a document is a run of lines that are not blank
+        (whitespace only), without its last newline; blank lines end it. A paragraph that lies
+        inside the run is cut out of it directly; one that starts in an earlier run, or goes on
+        into the next, goes through ``pending``."""
+        docs: list[Document] = []
+        max_bytes = self.cfg.max_document_bytes
+        pos, start, start_line = 0, -1, 0  # start: where this run's open paragraph begins
+        pieces = data.split(b"\n")
+        if not pieces[-1]:
+            pieces.pop()  # the run ends with a newline, not with a last unterminated line
+        for number, piece in enumerate(pieces, first):
+            if not piece or piece.isspace():  # a blank line, as `is_blank` (ASCII whitespace)
+                if start >= 0 and self.pending is None:
+                    if pos - start > max_bytes:
+                        detail = f"document over max_document_bytes={max_bytes}"
+                        self.bad("too_long", start_line, detail)
+                    else:
+                        # Without its last newline (EOS stands for it), as `_chomp`.
+                        end = pos - 2 if data[pos - 2] == 13 else pos - 1
+                        doc = self._document(data[start:end], start_line)
+                        if doc is not None:
+                            docs.append(doc)
+                    start = -1
+                else:
+                    if start >= 0:
+                        self._extend_pending(start_line, data[start:pos])
+                        start = -1
+                    if self.pending is not None:
+                        doc = self._flush()
+                        if doc is not None:
+                            docs.append(doc)
+            elif start < 0:
+                start, start_line = pos, number
+            pos += len(piece) + 1
+        if start >= 0:
+            self._extend_pending(start_line, data[start:pos])
+        return docs
+
+    def _extend_pending(self, line: int, data: bytes) -> None:
+        """Whole lines of the open document (file mode, or a paragraph), ``line`` the first."""
+        if self.pending is None:
+            self.pending, self.pending_line = [], line
+            self.pending_bytes, self.pending_too_long = 0, False
+        self.pending_bytes += len(data)
+        if self.pending_bytes > self.cfg.max_document_bytes:
+            self.pending_too_long, self.pending = True, []
+        elif not self.pending_too_long:
+            self.pending.append(data)
 
     def _from_line(self, line: int, data: bytes | None) -> Iterator[Document]:
         fmt, mode = self.cfg.format, self.cfg.text_mode
@@ -248,9 +342,13 @@ class UnitReader:
                     "too_long", line, f"line over max_document_bytes={self.cfg.max_document_bytes}"
                 )
             else:
-                yield from self._emit(_chomp(data), line)
+                doc = self._document(_chomp(data), line)
+                if doc is not None:
+                    yield doc
         elif mode == "paragraphs" and data is not None and is_blank(data):
-            yield from self._flush(line)
+            doc = self._flush()
+            if doc is not None:
+                yield doc
         else:  # a line of the open document (file mode, or a paragraph's line)
             if self.pending is None:
                 self.pending, self.pending_line = [], line
@@ -261,19 +359,20 @@ class UnitReader:
             elif not self.pending_too_long:
                 self.pending.append(data)
 
-    def _flush(self, line: int) -> Iterator[Document]:
+    def _flush(self) -> Document | None:
+        """The open document (file mode, or a paragraph), now complete."""
         if self.pending is None:
-            return
+            return None
         lines, first = self.pending, self.pending_line
         self.pending = None
         if self.pending_too_long:
             self.bad(
                 "too_long", first, f"document over max_document_bytes={self.cfg.max_document_bytes}"
             )
-            return
+            return None
         data = b"".join(lines)
         # Paragraphs end at their last newline (EOS stands for it); file mode keeps every byte.
-        yield from self._emit(_chomp(data) if self.cfg.text_mode == "paragraphs" else data, first)
+        return self._document(_chomp(data) if self.cfg.text_mode == "paragraphs" else data, first)
 
     def _json_line(self, data: bytes, line: int) -> Iterator[Document]:
         try:
@@ -296,7 +395,9 @@ class UnitReader:
             )
             return
         # JSON escapes can carry lone surrogates (\ud800): not text, and not encodable.
-        yield from self._emit(encoded, line)
+        doc = self._document(encoded, line)
+        if doc is not None:
+            yield doc
 
     def _parquet(self, raw: IO[bytes]) -> Iterator[Document]:
         import pyarrow.parquet as pq
@@ -319,7 +420,9 @@ class UnitReader:
                     if len(data) > self.cfg.max_document_bytes:
                         self.bad("too_long", row, "document over max_document_bytes")
                         continue
-                    yield from self._emit(data, row)
+                    doc = self._document(data, row)
+                    if doc is not None:
+                        yield doc
         except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
             self.bad("corrupt_input", 0, f"{type(err).__name__}: {err}")
         finally:

@@ -23,12 +23,12 @@ import io
 import json
 import tarfile
 from collections.abc import Sequence
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any, Protocol
 
 import numpy as np
 
-from data_pipeline.storage import Output
+from data_pipeline.storage import Committer, Output
 
 _BLOCK = tarfile.BLOCKSIZE  # 512
 _RECORD = tarfile.RECORDSIZE  # 10240: tarfile's stream buffer and end-of-archive padding
@@ -38,6 +38,8 @@ _MAX_TEMPLATES = 4096
 # and the checksum, bytes after the checksum, checksum of the template with a blank name). Keyed
 # by repr: mtime 0 and 0.0 are equal keys but not the same header (a float adds a PAX record).
 _TEMPLATES: dict[str, dict[int, tuple[bytes, bytes, bytes, int]]] = {}
+_META_SUM = sum(b".meta.json")  # checksum share of a member name's suffix
+_NPY_SUM = sum(b".tokens.npy")
 
 
 class Writable(Protocol):
@@ -187,7 +189,15 @@ def encode_sample(tokens: np.ndarray, doc_starts: list[int], utf8_bytes: int) ->
 
 
 class SplitStream:
-    """The packer and shard cutter for one (unit, split)."""
+    """The packer and shard cutter for one (unit, split).
+
+    Per batch of documents, the work is done once for all its tokens: the ids go into one
+    array of the shard dtype (with EOS after each document) by one `np.fromiter`; the
+    attributed UTF-8 bytes are worked out only at chunk ends (the bytes of a chunk are the
+    difference of the running total there), and the document starts per chunk by one
+    `searchsorted`. Per sample, Python only formats the key, ``meta.json`` and two header
+    checksums. Shards go to ``committer`` (written on its thread) or, without one, are
+    committed to ``out`` before `add` returns."""
 
     def __init__(
         self,
@@ -198,6 +208,7 @@ class SplitStream:
         dtype: str,
         shard_bytes: int,
         eos: int,
+        committer: Committer | None = None,
     ) -> None:
         self.out, self.split, self.unit = out, split, unit
         self.chunk_len, self.dtype, self.shard_bytes, self.eos = (
@@ -206,88 +217,125 @@ class SplitStream:
             shard_bytes,
             eos,
         )
-        self.tokens = np.zeros(0, dtype=np.int64)
-        self.cum = np.zeros(0, dtype=np.int64)  # cumulative attributed bytes, per token
-        self.base = 0  # cumulative bytes before the buffer's first token
-        self.starts = np.zeros(0, dtype=np.int64)  # document starts, buffer offsets
+        self.committer = committer
+        self.tokens = np.zeros(0, dtype=self.dtype)  # less than one chunk, left from the last add
+        self.starts = np.zeros(0, dtype=np.int64)  # document starts, offsets in self.tokens
+        self.total_bytes = 0  # UTF-8 bytes of every document added so far
+        self.base = 0  # attributed bytes before self.tokens[0]
         self.samples = 0
         self.shards: list[dict[str, Any]] = []
         self._tar: PlainTarWriter | None = None
         self._buf: _Parts | None = None
         self._shard: dict[str, Any] = {}
         self._npy_header = npy_header(self.dtype, chunk_len)
+        # tarfile's stream had passed shard_bytes to the file (`stream_flushed`) once the
+        # archive's offset is above this.
+        self._cut_after = -(-shard_bytes // _RECORD) * _RECORD
+        self._eos = [eos]
         self.documents = 0
 
     def add(self, docs: Sequence[Sequence[int]], nbytes: Sequence[int]) -> None:
         """Append documents (token ids without EOS) and their UTF-8 sizes."""
-        if not docs:
+        n = len(docs)
+        if not n:
             return
-        lengths = np.array(list(map(len, docs)), dtype=np.int64)
-        sizes = np.asarray(nbytes, dtype=np.int64)
-        spans = lengths + 1
-        ends = np.cumsum(spans)
-        offsets = ends - spans
-        toks = np.empty(int(ends[-1]), dtype=np.int64)
-        is_text = np.ones(len(toks), dtype=bool)
-        is_text[ends - 1] = False
-        toks[is_text] = np.fromiter(
-            chain.from_iterable(docs), dtype=np.int64, count=int(lengths.sum())
-        )
-        toks[ends - 1] = self.eos
-        before = int(self.cum[-1]) if len(self.cum) else self.base
-        doc_base = before + np.concatenate(([0], np.cumsum(sizes)[:-1]))
-        j = np.arange(len(toks), dtype=np.int64) - np.repeat(offsets, spans)
-        t = np.maximum(np.repeat(lengths, spans), 1)
-        b = np.repeat(sizes, spans)
-        cum = np.repeat(doc_base, spans) + np.minimum((j + 1) * b // t, b)
-        self.starts = np.concatenate((self.starts, offsets + len(self.tokens)))
-        self.tokens = np.concatenate((self.tokens, toks))
-        self.cum = np.concatenate((self.cum, cum))
-        self._emit_full_chunks()
-
-    def _emit_full_chunks(self) -> None:
+        lengths = np.fromiter(map(len, docs), dtype=np.int64, count=n)
+        sizes = np.fromiter(nbytes, dtype=np.int64, count=n)
+        ends = np.cumsum(lengths + 1)  # in this batch's tokens, each document + its EOS
+        offsets = ends - lengths - 1
+        ids = chain.from_iterable(chain.from_iterable(zip(docs, repeat(self._eos))))
+        new = np.fromiter(ids, dtype=self.dtype, count=int(ends[-1]))
+        lead = len(self.tokens)
+        tokens = np.concatenate((self.tokens, new)) if lead else new
+        starts = offsets + lead
+        if len(self.starts):
+            starts = np.concatenate((self.starts, starts))
         length = self.chunk_len
-        n = len(self.tokens) // length
-        if n == 0:
-            return
-        cut = n * length
-        # Everything per chunk that numpy can do at once: token bytes, attributed bytes,
-        # and which document starts fall in which chunk.
-        rows = self.tokens[:cut].astype(self.dtype).tobytes()
-        row_bytes = len(rows) // n
-        ends = self.cum[length - 1 : cut : length]
-        nbytes = np.diff(ends, prepend=self.base).tolist()
-        bounds = np.searchsorted(self.starts, np.arange(n + 1, dtype=np.int64) * length).tolist()
-        starts = (self.starts % length).tolist()
-        header = self._npy_header
-        for c in range(n):
-            doc_starts = starts[bounds[c] : bounds[c + 1]]
-            self._write(
-                header + rows[c * row_bytes : (c + 1) * row_bytes],
-                meta_json(doc_starts, nbytes[c]),
-                len(doc_starts),
-                nbytes[c],
-            )
-        self.base = int(self.cum[cut - 1])
-        self.tokens, self.cum = self.tokens[cut:], self.cum[cut:]
-        self.starts = self.starts[bounds[n] :] - cut
+        count = len(tokens) // length
+        if count:
+            # Attributed bytes up to and including each chunk's last token: a document of B
+            # bytes and T tokens has given floor((j+1)B/T) of them after its j-th token, all B
+            # after its EOS. A chunk end always lies in this batch (less than a chunk was left).
+            at = np.arange(length - 1 - lead, count * length - lead, length, dtype=np.int64)
+            doc = np.searchsorted(ends, at, side="right")
+            j, b = at - offsets[doc], sizes[doc]
+            before = self.total_bytes + np.cumsum(sizes) - sizes
+            cum = before[doc] + np.minimum((j + 1) * b // np.maximum(lengths[doc], 1), b)
+            nb = np.diff(cum, prepend=self.base).tolist()
+            cut = count * length
+            bounds = np.searchsorted(starts, np.arange(0, cut + 1, length)).tolist()
+            rel = (starts[: bounds[-1]] % length).tolist()
+            self._write_chunks(tokens[:cut].tobytes(), nb, rel, bounds)
+            self.base = int(cum[-1])
+            tokens, starts = tokens[cut:].copy(), starts[bounds[-1] :] - cut
+        self.total_bytes += int(sizes.sum())
+        self.tokens, self.starts = tokens, starts
 
-    def _write(self, npy: bytes, meta: bytes, documents: int, nbytes: int) -> None:
-        if self._tar is None:
-            self._buf = _Parts()
-            self._tar = tar_writer(self._buf)
-            self._shard = {"samples": 0, "tokens": 0, "utf8_bytes": 0, "documents": 0}
-        key = sample_key(self.unit, self.samples)
-        # Members in sorted order, as webdataset writes them: meta.json < tokens.npy.
-        self._tar.write_members(((f"{key}.meta.json", meta), (f"{key}.tokens.npy", npy)))
-        self.samples += 1
-        shard = self._shard
-        shard["samples"] += 1
-        shard["tokens"] += self.chunk_len
-        shard["utf8_bytes"] += nbytes
-        shard["documents"] += documents
-        if stream_flushed(self._tar.offset) >= self.shard_bytes:
-            self._close_shard()
+    def _write_chunks(
+        self, rows: bytes, nbytes: list[int], rel_starts: list[int], bounds: list[int]
+    ) -> None:
+        """Samples for consecutive chunks: chunk c is ``rows[c*row:(c+1)*row]``, has
+        ``nbytes[c]`` attributed bytes and document starts ``rel_starts[bounds[c]:bounds[c+1]]``.
+        The tar members are what `PlainTarWriter.write_members` writes for
+        ``({key}.meta.json, meta), ({key}.tokens.npy, npy)``, built here from its templates
+        with one list extend per sample."""
+        row = len(rows) // len(nbytes)
+        npy_size = len(self._npy_header) + row
+        npy_pad = _ZEROS[: -npy_size % _BLOCK]
+        header = self._npy_header
+        unit, chunk_len, cut_after = self.unit, self.chunk_len, self._cut_after
+        for c, utf8 in enumerate(nbytes):
+            if self._tar is None:
+                self._open_shard()
+            tar, parts, shard = self._tar, self._buf, self._shard
+            assert tar is not None and parts is not None
+            key = b"%05d-%08d" % (unit, self.samples)
+            doc_starts = rel_starts[bounds[c] : bounds[c + 1]]
+            meta = meta_json(doc_starts, utf8)
+            npy = (header, rows[c * row : (c + 1) * row])
+            if len(key) <= 89:  # names fit the 100-byte field: header from the templates
+                key_sum = sum(key)
+                m_before, m_middle, m_after, m_base = tar._template(len(meta))
+                t_before, t_middle, t_after, t_base = tar._template(npy_size)
+                parts += (
+                    m_before,
+                    key,
+                    b".meta.json",
+                    _ZEROS[: 90 - len(key)],
+                    m_middle,
+                    b"%06o\0 " % (m_base + key_sum + _META_SUM),
+                    m_after,
+                    meta,
+                    _ZEROS[: -len(meta) % _BLOCK],
+                    t_before,
+                    key,
+                    b".tokens.npy",
+                    _ZEROS[: 89 - len(key)],
+                    t_middle,
+                    b"%06o\0 " % (t_base + key_sum + _NPY_SUM),
+                    t_after,
+                    *npy,
+                    npy_pad,
+                )
+                tar.offset += len(m_before) + len(t_before) + 2 * _BLOCK + npy_size + len(npy_pad)
+                tar.offset += len(meta) + (-len(meta) % _BLOCK)
+            else:  # pragma: no cover - a unit or sample number too large for the name field
+                name = key.decode()
+                tar.write_members(
+                    ((f"{name}.meta.json", meta), (f"{name}.tokens.npy", b"".join(npy)))
+                )
+            self.samples += 1
+            shard["samples"] += 1
+            shard["tokens"] += chunk_len
+            shard["utf8_bytes"] += utf8
+            shard["documents"] += len(doc_starts)
+            if tar.offset > cut_after:
+                self._close_shard()
+
+    def _open_shard(self) -> None:
+        self._buf = _Parts()
+        self._tar = tar_writer(self._buf)
+        self._shard = {"samples": 0, "tokens": 0, "utf8_bytes": 0, "documents": 0}
 
     def _close_shard(self) -> None:
         assert self._buf is not None and self._tar is not None
@@ -295,21 +343,24 @@ class SplitStream:
         data = b"".join(self._buf)
         self._buf.clear()
         name = shard_name(self.split, self.unit, len(self.shards))
-        self.out.commit(name, data)
-        self.shards.append(
-            {
-                "name": name,
-                "bytes": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(),
-                **self._shard,
-            }
-        )
+        entry: dict[str, Any] = {"name": name, "bytes": len(data), "sha256": None, **self._shard}
+        self.shards.append(entry)
         self._tar, self._buf = None, None
 
+        def hashed() -> bytes:  # on the committer's thread, in parallel with tokenizing
+            entry["sha256"] = hashlib.sha256(data).hexdigest()
+            return data
+
+        if self.committer is not None:
+            self.committer.submit(name, hashed, size=len(data))
+        else:
+            self.out.commit(name, hashed())
+
     def finish(self) -> int:
-        """Commit the last shard; return how many tail tokens were dropped."""
+        """Commit (or hand to the committer) the last shard; return how many tail tokens
+        were dropped."""
         if self._tar is not None:
             self._close_shard()
         dropped = len(self.tokens)
-        self.tokens = np.zeros(0, dtype=np.int64)
+        self.tokens = np.zeros(0, dtype=self.dtype)
         return dropped

@@ -13,7 +13,7 @@ from data_pipeline.manifest import unit_marker_name
 from data_pipeline.readers import Document, UnitReader
 from data_pipeline.schemas import PrepareConfig
 from data_pipeline.shard_writer import SplitStream
-from data_pipeline.storage import Output
+from data_pipeline.storage import Committer, Output, json_bytes
 from data_pipeline.tokenizer import Tokenizer
 from data_pipeline.units import WorkUnit
 
@@ -46,11 +46,25 @@ def run_unit(
     out: Output,
     config_hash: str,
     report: Report | None = None,
+    committer: Committer | None = None,
+    on_committed: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
+    """Run one unit. Its shards and then its marker go through ``committer`` (on its thread,
+    in order); ``on_committed`` is called there once the marker is in place. Without a
+    committer, one is made and waited for: the unit is committed when this returns."""
+    own = committer is None
+    commits = Committer(out, cfg.shard_bytes) if committer is None else committer
     reader = UnitReader(unit, cfg.source)
     streams = {
         split: SplitStream(
-            out, split, unit.index, cfg.chunk_len, tok.dtype, cfg.shard_bytes, tok.special_ids.eos
+            out,
+            split,
+            unit.index,
+            cfg.chunk_len,
+            tok.dtype,
+            cfg.shard_bytes,
+            tok.special_ids.eos,
+            commits,
         )
         for split in ("train", "validation")
     }
@@ -59,33 +73,41 @@ def run_unit(
     seen: set[bytes] = set()
     documents_read = duplicates = 0
     is_validation = _hash_splitter(cfg.split.salt.encode("utf-8"), cfg.split.validation_fraction)
+    max_docs, dedup, fixed, utf8 = (
+        cfg.encode_batch_documents,
+        cfg.dedup,
+        unit.split,
+        tok.encodes_utf8,
+    )
+    blake2b = hashlib.blake2b
 
     def flush(split: str) -> None:
         docs = batches[split]
         if not docs:
             return
-        ids = tok.encode_batch([d.text for d in docs])
+        if utf8:  # the reader's bytes as they are: no str round trip for sentencepiece
+            ids = tok.encode_utf8_batch([d.utf8 for d in docs])
+        else:
+            ids = tok.encode_batch([d.text for d in docs])
         streams[split].add(ids, [d.nbytes for d in docs])
         if report is not None:
-            report(len(docs), sum(len(i) for i in ids), 0)
+            report(len(docs), sum(map(len, ids)), 0)
         batches[split], batch_bytes[split] = [], 0
 
     for doc in reader.documents():
         documents_read += 1
         data = doc.utf8
-        if cfg.dedup:
-            digest = hashlib.blake2b(data, digest_size=16).digest()
+        if dedup:
+            digest = blake2b(data, digest_size=16).digest()
             if digest in seen:
                 duplicates += 1
                 continue
             seen.add(digest)
-        if unit.split is not None:
-            split = unit.split
-        else:
-            split = "validation" if is_validation(data) else "train"
-        batches[split].append(doc)
+        split = fixed if fixed is not None else "validation" if is_validation(data) else "train"
+        batch = batches[split]
+        batch.append(doc)
         batch_bytes[split] += doc.nbytes
-        if len(batches[split]) >= cfg.encode_batch_documents or batch_bytes[split] >= BATCH_BYTES:
+        if len(batch) >= max_docs or batch_bytes[split] >= BATCH_BYTES:
             flush(split)
     for split in streams:
         flush(split)
@@ -101,6 +123,7 @@ def run_unit(
             "range": [unit.start, unit.end],
             "sha256": reader.sha256,
         },
+        # The shards' sha256 are filled in on the committer's thread, before this is written.
         "splits": {split: {"shards": s.shards} for split, s in streams.items()},
         "counters": {
             "documents_read": documents_read,
@@ -110,5 +133,7 @@ def run_unit(
             "tail_tokens_dropped": sum(dropped.values()),
         },
     }
-    out.commit_json(unit_marker_name(unit.index), marker)
+    commits.submit(unit_marker_name(unit.index), lambda: json_bytes(marker), on_committed)
+    if own:
+        commits.wait()
     return marker

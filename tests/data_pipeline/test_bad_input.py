@@ -165,3 +165,15 @@ def test_output_holding_another_configs_manifest_is_refused(
     # The same config again is fine: every unit is committed, the manifest is rewritten equal.
     result = prepare(first, workers=1, log=io.StringIO())
     assert result.units_run == 0 and Path(first.output, "manifest.json").read_bytes() == before
+
+
+def test_fail_policy_error_in_a_whole_file_unit_keeps_its_reason(
+    recipe: Callable[..., PrepareConfig], tmp_path: Path
+) -> None:
+    """The fail policy's error is a ValueError, like a broken stream's: it used to be caught
+    and reported again as ``corrupt_input`` (with another line number)."""
+    src = tmp_path / "bad.txt.gz"
+    src.write_bytes(gzip.compress(b"good line\n\xff bad line\nanother good line\n"))
+    cfg = recipe(source={"paths": [str(src)], "text_mode": "lines", "on_error": "fail"})
+    with pytest.raises(BadInputError, match=r"^\S*bad\.txt\.gz:2: invalid_utf8 \(byte 0"):
+        prepare(cfg, workers=1, log=io.StringIO())

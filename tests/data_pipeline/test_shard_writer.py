@@ -142,3 +142,32 @@ def test_split_stream_samples_match_per_sample_encoding() -> None:
                     )
                 )
     assert got == samples
+
+
+def test_committer_keeps_order_and_stops_at_a_failure() -> None:
+    """Commits happen in submission order on the background thread; after a failed one,
+    nothing more is committed (a marker never follows a failed shard) and the error is raised
+    by every later `submit` and `wait`."""
+    from data_pipeline.storage import Committer
+
+    done: list[str] = []
+
+    class Flaky:
+        def commit(self, name: str, data: bytes) -> None:
+            if name == "bad":
+                raise OSError("disk full")
+            done.append(name)
+
+    committer = Committer(Flaky(), max_pending=10)  # type: ignore[arg-type]
+    for i in range(20):
+        committer.submit(f"s{i}", bytes(7))
+    committer.submit("marker", lambda: b"{}", then=lambda: done.append("then"))
+    committer.wait()
+    assert done == [*(f"s{i}" for i in range(20)), "marker", "then"]
+    committer.submit("bad", b"x")
+    with pytest.raises(OSError, match="disk full"):
+        committer.wait()
+        committer.submit("after", b"x")
+    with pytest.raises(OSError, match="disk full"):
+        committer.submit("after", b"x")
+    assert "after" not in done

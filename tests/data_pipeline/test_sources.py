@@ -137,3 +137,40 @@ def test_position_split_cuts_at_a_line_start(tmp_path: Path, corpus_dir: Path) -
     assert int(len(data) * 0.9) <= cut < int(len(data) * 0.9) + 200 and data[cut - 1 : cut] == b"\n"
     texts = [d.text for u in (train, val) for d in UnitReader(u, cfg.source).documents()]
     assert "".join(texts).encode() == data
+
+
+@pytest.mark.parametrize("mode", ["paragraphs", "lines", "file"])
+def test_documents_do_not_depend_on_the_read_block_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """The reader handles runs of whole lines per read block: documents, line numbers and
+    counters are the same whatever the block size (lines and paragraphs across blocks, CRLF,
+    whitespace-only lines, Unicode whitespace, invalid UTF-8, over-long lines and paragraphs)."""
+    import random
+
+    from data_pipeline import readers
+
+    rng = random.Random(5)
+    atoms = [b"word", b" ", b"\t", b"\r", "\u00a0".encode(), b"\x1c", b"\xff", "é".encode()]
+    atoms += [b"x" * 70, b"\n", b"\r\n", b"\n \n", b"\n\n", b"\n\x0b\n"]
+    src = tmp_path / "mixed.txt"
+    src.write_bytes(b"".join(rng.choice(atoms) for _ in range(3000)))
+
+    def read(block: int) -> list[tuple[object, ...]]:
+        monkeypatch.setattr(readers, "BLOCK", block)
+        source = {"paths": [str(src)], "text_mode": mode, "max_document_bytes": 120}
+        cfg = from_dict(
+            PrepareConfig,
+            {"name": "t", "output": str(tmp_path / "o"), "tokenizer": "t", "source": source},
+        )
+        got: list[tuple[object, ...]] = []
+        for unit in plan_units(cfg):
+            reader = UnitReader(unit, cfg.source)
+            got += [(d.text, d.nbytes, d.line) for d in reader.documents()]
+            got.append((dict(reader.skipped), reader.bytes_read, reader.sha256))
+        return got
+
+    reference = read(1 << 20)
+    assert len(reference) > 3 or mode == "file"  # file mode: one (too long) document
+    for block in (5, 64, 333):
+        assert read(block) == reference, f"block {block}"

@@ -10,7 +10,13 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from data_pipeline.tokenizer import META_FILE, Tokenizer, sp_escape, sp_unescape
+from data_pipeline.tokenizer import (
+    META_FILE,
+    Tokenizer,
+    sp_escape,
+    sp_escape_utf8,
+    sp_unescape,
+)
 from data_pipeline.tokenizer_training import sample_corpus, split_items, train_tokenizer
 
 from .conftest import tokenizer_config
@@ -54,6 +60,8 @@ def test_round_trip_exact_on_corpora_and_hard_text(
         *HARD_TEXTS,
     ]
     ids = tok.encode_batch(texts)
+    # What prepare calls with the reader's bytes: the same ids.
+    assert tok.encode_utf8_batch([t.encode() for t in texts]) == ids
     decoded = tok.decode_batch(ids)
     for text, back in zip(texts, decoded, strict=True):
         assert back == text, f"{kind}: {text[:60]!r} came back as {back[:60]!r}"
@@ -100,6 +108,7 @@ def test_sentencepiece_escape_is_reversible() -> None:
     for text in ["a\u2581b", "\uf8ff", "\uf8ffu", "\uf8ff\uf8ff\u2581", "plain"]:
         assert sp_unescape(sp_escape(text)) == text
         assert "\u2581" not in sp_escape(text)
+        assert sp_escape_utf8(text.encode()) == sp_escape(text).encode()
 
 
 def test_reservoir_sample_is_seeded_and_bounded(corpus_dir: Path, tmp_path: Path) -> None:

@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
-TINYSHAKESPEARE = Path("/work/shared/data/tinyshakespeare/input.txt")
+from tests.conftest import SHARED_DATA
+
+TINYSHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 PAD, BOS, EOS, UNK, MASK = 256, 257, 258, 259, 260
 SENTINELS = list(range(261, 261 + 32))
 VOCAB_SIZE = 261 + 32

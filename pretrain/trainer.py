@@ -68,12 +68,12 @@ class Trainer:
             "seed": cfg.data.seed,
             "data_config": cfg.data,
             "expected_vocab_size": cfg.model.vocab_size,
-            "mem_len": cfg.model.mem_len,  # data.order auto: shuffled windows when no memory
         }
         self.loader = TrainLoader(
             cfg.data.manifest,
             micro_batch_size=cfg.train.micro_batch_size,
             grad_accum=cfg.train.grad_accum,
+            mem_len=cfg.model.mem_len,  # data.order auto: shuffled windows when no memory
             **loader_args,
         )
         self.validation = ValidationLoader(

@@ -44,11 +44,8 @@ class ValidationLoader:
         expected_vocab_size: int | None = None,
         expected_dtype: str | None = None,
         storage_options: dict[str, Any] | None = None,
-        mem_len: int | None = None,
     ) -> None:
-        """``mem_len`` is accepted so that the trainer can pass both loaders the same arguments;
-        validation is always read in order (``data_config.order`` applies to training only)."""
-        del mem_len
+        """Validation is always read in order (``data_config.order`` applies to training only)."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
         self.data_config = data_config or DataConfig()

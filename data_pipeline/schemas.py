@@ -11,7 +11,7 @@ SourceFormat = Literal["text", "jsonl", "parquet"]
 TextMode = Literal["file", "paragraphs", "lines"]
 TokenizerKind = Literal["sp_unigram", "sp_bpe", "sp_char", "hf_bpe", "hf_unigram", "hf_wordpiece"]
 ErrorPolicy = Literal["skip", "fail"]
-SplitMode = Literal["hash", "position"]
+SplitMode = Literal["hash", "position", "files"]
 
 
 @dataclass
@@ -107,16 +107,26 @@ class SplitConfig:
     """Train/validation split. ``hash``: a document goes to validation when its content hash
     (salted) falls below ``validation_fraction`` (stable under reordering and reruns).
     ``position``: the first (1 - validation_fraction) of every input file's bytes is train, the
-    rest validation, cut at the next line start (nanoGPT's split of a one-document corpus)."""
+    rest validation, cut at the next line start (nanoGPT's split of a one-document corpus).
+    ``files``: every document of the inputs that ``validation_paths`` names (paths or globs,
+    each matching some of ``source.paths``) is validation, the rest train (a corpus that comes
+    with its own held-out files, as WikiText's valid/test do)."""
 
     mode: SplitMode = "hash"
     validation_fraction: float = 0.01
     salt: str = ""
+    validation_paths: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if not 0.0 <= self.validation_fraction < 1.0:
             raise ValueError(
                 f"validation_fraction must be in [0, 1), got {self.validation_fraction}"
+            )
+        if self.mode == "files" and not self.validation_paths:
+            raise ValueError("validation_paths: mode 'files' needs at least one path or glob")
+        if self.mode != "files" and self.validation_paths:
+            raise ValueError(
+                f"validation_paths: only used with mode 'files' (mode is {self.mode!r})"
             )
 
 

@@ -95,15 +95,18 @@ def plan_units(cfg: PrepareConfig) -> list[WorkUnit]:
     config (never on worker counts), so unit numbers name the same text on every machine."""
     position = cfg.split.mode == "position"
     sources = expand_sources(cfg.source.paths, cfg.source.storage_options)
+    held_out = _validation_files(cfg, sources) if cfg.split.mode == "files" else None
     units: list[WorkUnit] = []
     for source in sources:
+        # files mode: the whole file's split is fixed; otherwise decided per document by hash.
+        whole_file_split = None if held_out is None else _file_split(source, held_out)
         if position and (source.compression is not None or cfg.source.format == "parquet"):
             raise ValueError(
                 f"{source.path}: split.mode=position needs uncompressed text or JSON Lines "
                 "(the split point is a byte offset)"
             )
         if not _splittable(source, cfg.source, position):
-            units.append(WorkUnit(len(units), source, 0, -1, -1, None))
+            units.append(WorkUnit(len(units), source, 0, -1, -1, whole_file_split))
             continue
         pieces: list[tuple[int, int, str | None]] = []
         if position:
@@ -111,7 +114,7 @@ def plan_units(cfg: PrepareConfig) -> list[WorkUnit]:
             pieces.append((0, cut, "train"))
             pieces.append((cut, source.size, "validation"))
         else:
-            pieces.append((0, source.size, None))
+            pieces.append((0, source.size, whole_file_split))
         for lo, hi, split in pieces:
             count = max(1, math.ceil((hi - lo) / cfg.unit_bytes))
             for k in range(count):
@@ -129,3 +132,24 @@ def _split_point(source: SourceFile, cfg: PrepareConfig, options: dict[str, Any]
         cut = find_boundary(f, nominal, source.size, cfg.source.text_mode, cfg.source.format)
     assert cut is not None  # no stop given: the scan ends at a boundary or the end of the file
     return cut
+
+
+def _validation_files(cfg: PrepareConfig, sources: list[SourceFile]) -> set[str]:
+    """URLs of the inputs ``split.validation_paths`` names; each pattern must name an input."""
+    inputs = {source.url for source in sources}
+    held_out: set[str] = set()
+    for pattern in cfg.split.validation_paths:
+        matched = {s.url for s in expand_sources([pattern], cfg.source.storage_options)}
+        if not matched & inputs:
+            raise ValueError(
+                f"split.validation_paths: {pattern} names no file of source.paths; list the "
+                "held-out files among the inputs too"
+            )
+        held_out |= matched & inputs
+    if held_out == inputs:
+        raise ValueError("split.validation_paths names every input: nothing is left to train on")
+    return held_out
+
+
+def _file_split(source: SourceFile, held_out: set[str]) -> str:
+    return "validation" if source.url in held_out else "train"

@@ -163,6 +163,51 @@ def test_position_split_like_nanogpt(
     assert tok.decode(ids) == Path(cfg.source.paths[0]).read_text()[: cfg.chunk_len]
 
 
+def test_files_split_holds_out_whole_inputs(
+    recipe: Callable[..., PrepareConfig], corpus_dir: Path
+) -> None:
+    """WikiText's protocol: train on one file, validate on another, every document of each."""
+    train_file, held_out = corpus_dir / "wikitext.txt", corpus_dir / "shakespeare.txt"
+    cfg = recipe(
+        source={"paths": [str(train_file), str(held_out)]},
+        split={"mode": "files", "validation_paths": [str(corpus_dir / "shakes*.txt")]},
+    )
+    # Both files are cut into several units: the fixed split must hold for every one of them.
+    units = plan_units(cfg)
+    assert {(u.source.path, u.split) for u in units} == {
+        (str(train_file), "train"),
+        (str(held_out), "validation"),
+    } and len(units) > 4
+    prepare(cfg, workers=2, log=io.StringIO())
+    m = json.loads((Path(cfg.output) / "manifest.json").read_text())
+    # Each split holds (nearly: blank lines between paragraphs and unit tails are not text) all
+    # of its own file and nothing of the other.
+    for split, source in (("train", train_file), ("validation", held_out)):
+        assert (
+            0.9 * source.stat().st_size < m["splits"][split]["utf8_bytes"] <= source.stat().st_size
+        )
+    tok = Tokenizer.load(cfg.tokenizer)
+    first = Path(cfg.output) / m["splits"]["validation"]["shards"][0]["name"]
+    ids = np.load(io.BytesIO(read_samples(first.read_bytes())[0][1]["tokens.npy"])).tolist()
+    assert tok.decode(ids[:40]) == held_out.read_text()[:40]  # one character a token
+
+
+def test_files_split_names_the_key_when_a_path_is_no_input(
+    recipe: Callable[..., PrepareConfig], corpus_dir: Path
+) -> None:
+    import pytest
+
+    cfg = recipe(
+        split={"mode": "files", "validation_paths": [str(corpus_dir / "wikitext.txt")]},
+    )  # the recipe's only input is shakespeare.txt
+    with pytest.raises(ValueError, match=r"split\.validation_paths: .*wikitext\.txt names no"):
+        plan_units(cfg)
+    with pytest.raises(ValueError, match="validation_paths: mode 'files' needs"):
+        recipe(split={"mode": "files"})
+    with pytest.raises(ValueError, match="only used with mode 'files'"):
+        recipe(split={"mode": "hash", "validation_paths": ["x.txt"]})
+
+
 def test_plain_tar_writer_matches_webdataset_byte_for_byte() -> None:
     import webdataset
 

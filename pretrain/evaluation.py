@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from pretrain.batch_loss import OBJECTIVES, Mems
@@ -24,6 +23,7 @@ from pretrain.config import ExperimentConfig, Family
 from pretrain.loader import Batch, ValidationLoader
 from pretrain.model import LanguageModel
 from pretrain.objectives import IGNORE_INDEX, shift_right, token_loss_sum
+from pretrain.process_group import all_reduce_sum
 
 LOSS_NAMES: dict[Family, str] = {
     "decoder": "next-token loss",
@@ -114,8 +114,7 @@ def evaluate_model(
         loss_sum, count = token_loss_sum(logits, targets)
         correct = (logits.argmax(dim=-1) == targets).sum()  # IGNORE_INDEX never equals an id
         totals += torch.tensor([float(loss_sum), float(count), float(correct)], dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(totals)
+    totals = all_reduce_sum(totals)
     targets_total = float(totals[1])
     loss = float(totals[0] / totals[1].clamp(min=1))
     metrics = {

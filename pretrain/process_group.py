@@ -16,6 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 
@@ -132,3 +133,18 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """``values`` (a small CPU tensor: counts, losses) summed over every rank, on the CPU; as
+    is without a process group. NCCL only moves CUDA tensors, so under NCCL the sum is made
+    on this rank's current CUDA device (the launcher's LOCAL_RANK device, set by DeepSpeed
+    or `pretrain evaluate`); gloo sums CPU tensors in place."""
+    if not dist.is_initialized():
+        return values
+    if dist.get_backend() == "nccl":
+        on_device = values.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_device)
+        return on_device.cpu()
+    dist.all_reduce(values)
+    return values

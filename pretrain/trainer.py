@@ -29,6 +29,7 @@ from pretrain.faults import Faults
 from pretrain.loader import Batch, TrainLoader, ValidationLoader
 from pretrain.model import flops_per_token
 from pretrain.preemption import Preempted, PreemptionFlag
+from pretrain.process_group import all_reduce_sum
 from pretrain.schedules import learning_rate
 from pretrain.tracking import Tracker, create_tracker
 
@@ -140,7 +141,7 @@ class Trainer:
         counts = torch.tensor(
             [float(sum(target_count(b, self.family, self.pad_id) for b in batches))]
         )
-        dist.all_reduce(counts)  # the step's target tokens over all ranks
+        counts = all_reduce_sum(counts)  # the step's target tokens over all ranks
         global_targets = max(1.0, float(counts[0]))
         scale = cfg.train.grad_accum * self.world_size / global_targets
         eng.set_learning_rate(self.engine.model, learning_rate(self.state.step, cfg.train))
@@ -153,7 +154,7 @@ class Trainer:
                 verdict = torch.tensor(
                     [local_loss, float(nonfinite), float(self.preemption.requested)]
                 )
-                dist.all_reduce(verdict)
+                verdict = all_reduce_sum(verdict)
                 skip = bool(verdict[1] > 0)
                 self.engine.optimizer.skip_updates = skip
             self.engine.model.step()
@@ -190,7 +191,7 @@ class Trainer:
             totals += torch.tensor(
                 [float(parts.loss_sum), float(parts.targets)], dtype=torch.float64
             )
-        dist.all_reduce(totals)
+        totals = all_reduce_sum(totals)
         self.engine.model.train()
         loss = float(totals[0] / totals[1].clamp(min=1))
         metrics = {

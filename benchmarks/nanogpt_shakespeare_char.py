@@ -6,97 +6,82 @@ in about 40 ms per iteration on one CPU process. This script runs the same recip
 pipeline (character-level sentencepiece) and trainer (DeepSpeed ZeRO-3), once in one process and
 once in two processes with the same global batch, and prints a table.
 
-    python benchmarks/nanogpt_shakespeare_char.py            # both runs, ~10 min on 2 cores
-    python benchmarks/nanogpt_shakespeare_char.py --runs 1   # the single-process run only
+    python benchmarks/nanogpt_shakespeare_char.py                 # both runs, ~10 min on 2 cores
+    python benchmarks/nanogpt_shakespeare_char.py --runs 1        # the single-process run only
+    python benchmarks/nanogpt_shakespeare_char.py --runs 1 --seeds 0,1,2   # seed-to-seed spread
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.reproduction import REPO, TrainResult, ensure_prepared, mean_std, train
+
 EXPERIMENT = REPO / "configs" / "experiments" / "nanogpt_shakespeare_char.yaml"
 MANIFEST = REPO / "runs" / "data" / "shakespeare_char" / "manifest.json"
 TARGET = 1.89  # nanoGPT's 1.88, with the issue's allowance
 
 
-def prepare() -> None:
-    if MANIFEST.is_file():
-        return
-    for args in (
-        ["train-tokenizer", "configs/tokenizer/shakespeare_char.yaml"],
-        ["prepare", "configs/data/shakespeare_char.yaml"],
-    ):
-        subprocess.run([sys.executable, "-m", "data_pipeline.cli", *args], cwd=REPO, check=True)
-
-
-def train(processes: int, out: Path) -> dict[str, float]:
-    """One training run; returns the final validation loss and the time per iteration."""
-    overrides = [
-        f"train.micro_batch_size={12 // processes}",  # the same global batch of 12
-        f"checkpoint.dir={out / 'checkpoints'}",
-        "train.resume=never",
-        f"tracking.uri=sqlite:///{out / 'mlflow.db'}",
-        f"tracking.artifact_location={out / 'mlartifacts'}",
-    ]
-    env = {
-        **os.environ,
-        "DS_ACCELERATOR": "cpu",
-        "PYTHONUNBUFFERED": "1",
-        # One process gets both cores (as nanoGPT's run does); two get one each.
-        "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // processes)),
-    }
-    if processes == 1:
-        cmd = [sys.executable, "-m", "pretrain.cli", "train"]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={processes}", "-m", "pretrain.cli", "train"]  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    result = subprocess.run(
-        [*cmd, str(EXPERIMENT), *overrides], cwd=REPO, env=env, capture_output=True, text=True
-    )
-    wall = time.perf_counter() - started
-    (out / "train.log").write_text(result.stdout + result.stderr)
-    if result.returncode != 0:
-        raise SystemExit(f"training failed ({processes} process(es)); see {out / 'train.log'}")
-    losses = re.findall(r"validation at step (\d+): loss ([0-9.]+)", result.stdout)
-    step_ms = [float(ms) for ms in re.findall(r"\| (\d+) ms/step", result.stdout)]
-    return {
-        "val_loss": float(losses[-1][1]),
-        "ms_per_step": statistics.median(step_ms[1:]),  # the first log window includes warm-up
-        "wall_s": wall,
-    }
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, choices=(1, 2), default=2, help="1: one process only")
+    parser.add_argument(
+        "--seeds", default="0", help="comma-separated seeds (train.seed and data.seed)"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "nanogpt_shakespeare_char")
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads per process (default: the cores shared out)"
+    )
     args = parser.parse_args()
-    prepare()
-    rows = []
+    ensure_prepared(
+        "configs/tokenizer/shakespeare_char.yaml", "configs/data/shakespeare_char.yaml", MANIFEST
+    )
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows: list[tuple[int, int, TrainResult]] = []
     for processes in (1, 2)[: args.runs]:
-        figures = train(processes, args.out / f"{processes}proc")
-        rows.append((processes, figures))
-        print(f"{processes} process(es): {figures}", flush=True)
-    load = os.getloadavg()[0]
-    print(f"\n1-minute load average at the end: {load:.1f} on {os.cpu_count()} cores\n")
-    print("| processes | val loss (nanoGPT 1.88) | <= 1.89 | ms/iteration (median) | wall s |")
-    print("|---|---|---|---|---|")
-    for processes, f in rows:
-        ok = "yes" if f["val_loss"] <= TARGET else "no"
+        for seed in seeds:
+            result = train(
+                EXPERIMENT,
+                args.out / f"{processes}proc-seed{seed}",
+                # The same global batch of 12 whatever the process count.
+                [
+                    f"train.micro_batch_size={12 // processes}",
+                    f"train.seed={seed}",
+                    f"data.seed={seed}",
+                ],
+                processes=processes,
+                threads=args.threads,
+            )
+            rows.append((processes, seed, result))
+            print(f"{processes} process(es), seed {seed}: {result}", flush=True)
+    print(
+        f"\n1-minute load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n"
+    )
+    print(
+        "| processes | seed | val loss (nanoGPT 1.88) | <= 1.89 | ms/iteration (median) | wall s |"
+    )
+    print("|---|---|---|---|---|---|")
+    for processes, seed, r in rows:
+        ok = "yes" if r.val_loss <= TARGET else "no"
         print(
-            f"| {processes} | {f['val_loss']:.4f} | {ok} | {f['ms_per_step']:.0f} | "
-            f"{f['wall_s']:.0f} |"
+            f"| {processes} | {seed} | {r.val_loss:.4f} | {ok} | {r.ms_per_step:.0f} | "
+            f"{r.wall_s:.0f} |"
         )
+    for processes in (1, 2)[: args.runs]:
+        losses = [r.val_loss for p, _, r in rows if p == processes]
+        if len(losses) > 1:
+            mean = statistics.mean(losses)
+            print(
+                f"{processes} process(es) over {len(losses)} seeds: {mean_std(losses)}"
+                f" ({'meets' if mean <= TARGET else 'misses'} <= {TARGET} on the mean)"
+            )
 
 
 if __name__ == "__main__":

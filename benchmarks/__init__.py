@@ -1,0 +1,1 @@
+"""Benchmarks and reproductions; run each as a script (see docs/benchmarks.md)."""

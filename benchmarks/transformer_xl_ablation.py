@@ -1,0 +1,228 @@
+"""Transformer-XL's ablation at small scale: does segment-level recurrence (memory) with relative
+positions beat the same decoder without memory, and relative beat learned absolute positions?
+
+For each dataset, the same decoder is trained for the same steps on the same tokens in the same
+contiguous order, three ways:
+
+  (a) relative positions + memory (mem_len = segment length)  - the experiment config as written
+  (b) relative positions, no memory                           - model.mem_len=0
+  (c) learned absolute positions, no memory                   - model.position=learned mem_len=0
+
+each with several seeds (``train.seed`` and ``data.seed``: initialisation and stream plan).
+Each run ends with a validation on the whole held-out split (loss in nats per token and bits per
+byte); (a)'s checkpoint is also scored by `pretrain evaluate` with longer memory than it was
+trained with (``--mem-len-sweep``, as the paper evaluates), and the script checks that
+`evaluate` with the trained settings gives the run's own figure. Datasets: tinyshakespeare
+characters (last 10% held out) and WikiText-2 (train on valid.txt, evaluate on test.txt; 8k
+unigram).
+
+    python benchmarks/transformer_xl_ablation.py                       # both datasets, 3 seeds
+    python benchmarks/transformer_xl_ablation.py --datasets shakespeare --seeds 0
+    python benchmarks/transformer_xl_ablation.py --jobs 2 --variants a,b --sweep 0,256
+
+Finished runs are kept (``OUT/<dataset>/<variant>-seed<s>/result.json``) and not redone, so an
+interrupted ablation continues where it stopped; ``--fresh`` redoes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.reproduction import REPO, ensure_prepared, evaluate, mean_std, train
+
+
+@dataclass(frozen=True)
+class Dataset:
+    experiment: Path
+    tokenizer_config: str
+    data_config: str
+    manifest: Path
+
+
+DATASETS = {
+    "shakespeare": Dataset(
+        REPO / "configs/experiments/xl_ablation_shakespeare.yaml",
+        "configs/tokenizer/shakespeare_char.yaml",
+        "configs/data/shakespeare_char.yaml",
+        REPO / "runs/data/shakespeare_char/manifest.json",
+    ),
+    "wikitext2": Dataset(
+        REPO / "configs/experiments/xl_ablation_wikitext2.yaml",
+        "configs/tokenizer/wikitext2_unigram.yaml",
+        "configs/data/wikitext2.yaml",
+        REPO / "runs/data/wikitext2/manifest.json",
+    ),
+}
+
+VARIANTS = {
+    "a": ("relative + memory", []),
+    "b": ("relative, no memory", ["model.mem_len=0"]),
+    "c": ("learned, no memory", ["model.position=learned", "model.mem_len=0"]),
+}
+
+
+def run_one(
+    dataset: Dataset,
+    variant: str,
+    seed: int,
+    out: Path,
+    sweep: str,
+    extra: list[str],
+    threads: int,
+) -> dict[str, Any]:
+    """Train one variant with one seed (+ ``extra`` overrides) and evaluate it, on ``threads``
+    CPU threads; the result is kept in ``out``."""
+    saved = out / "result.json"
+    if saved.is_file():
+        result: dict[str, Any] = json.loads(saved.read_text())
+        return result
+    if out.exists():  # an interrupted run: start it again from scratch
+        shutil.rmtree(out)
+    trained = train(
+        dataset.experiment,
+        out,
+        [*VARIANTS[variant][1], f"train.seed={seed}", f"data.seed={seed}", *extra],
+        threads=threads,
+    )
+    # The run's own final validation covers the whole held-out split with the trained settings
+    # (it is what `pretrain evaluate` reproduces); (a) is also evaluated with longer memory.
+    sweep_rows: list[dict[str, Any]] = []
+    if variant == "a":
+        report = evaluate(trained.checkpoints, "--batches", "0", "--mem-len-sweep", sweep,
+                          threads=threads)  # fmt: skip
+        sweep_rows = [
+            {"mem_len": r["mem_len"], "loss": r["loss"], "bits_per_byte": r["bits_per_byte"]}
+            for r in report["sweep"]
+        ]
+        same = report["metrics"]["loss"]
+        if abs(same - trained.val_loss) > 1e-3:
+            raise SystemExit(
+                f"{out}: pretrain evaluate gives {same:.4f} with the trained settings, the run "
+                f"logged {trained.val_loss:.4f}"
+            )
+    result = {
+        "variant": variant,
+        "seed": seed,
+        "loss": trained.val_loss,
+        "bits_per_byte": trained.val_bpb,
+        "ms_per_step": trained.ms_per_step,
+        "wall_s": trained.wall_s,
+        "sweep": sweep_rows,
+    }
+    saved.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def table(name: str, results: list[dict[str, Any]]) -> str:
+    lines = [
+        f"#### {name}",
+        "",
+        "| variant | val loss (nats/token) | bits per byte | per seed (loss) | ms/step |",
+        "|---|---|---|---|---|",
+    ]
+    for variant, (label, _) in VARIANTS.items():
+        rows = [r for r in results if r["variant"] == variant]
+        if not rows:
+            continue
+        losses = [r["loss"] for r in rows]
+        bpb = [r["bits_per_byte"] for r in rows]
+        per_seed = ", ".join(f"{r['loss']:.4f}" for r in rows)
+        ms = statistics.median(r["ms_per_step"] for r in rows)
+        lines.append(
+            f"| ({variant}) {label} | {mean_std(losses)} | {mean_std(bpb)} | {per_seed} | "
+            f"{ms:.0f} |"
+        )
+    swept = [r for r in results if r["variant"] == "a" and r["sweep"]]
+    if swept:
+        lines += [
+            "",
+            "(a) evaluated with other memory lengths (mean over seeds):",
+            "",
+            "| eval mem_len | val loss | bits per byte |",
+            "|---|---|---|",
+        ]
+        for i, point in enumerate(swept[0]["sweep"]):
+            losses = [r["sweep"][i]["loss"] for r in swept]
+            bpb = [r["sweep"][i]["bits_per_byte"] for r in swept]
+            lines.append(f"| {point['mem_len']} | {mean_std(losses)} | {mean_std(bpb)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--datasets", default="shakespeare,wikitext2", help="of: " + ",".join(DATASETS)
+    )
+    parser.add_argument("--variants", default="a,b,c", help="of: a,b,c")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument(
+        "--sweep", default="128,256", help="memory lengths (a) is also evaluated with"
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "transformer_xl_ablation")
+    parser.add_argument("--fresh", action="store_true", help="redo runs that already finished")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once, each on cores/jobs threads (several single-threaded runs use a "
+        "small model's cores better than one, and suffer less from other load)",
+    )
+    parser.add_argument(
+        "--steps", type=int, help="train this many steps instead of the config's (a quick check)"
+    )
+    args = parser.parse_args()
+    names = args.datasets.split(",")
+    variants = args.variants.split(",")
+    for name in names + variants:
+        if name not in DATASETS and name not in VARIANTS:
+            parser.error(f"unknown dataset or variant {name!r}")
+    if args.fresh and args.out.exists():
+        shutil.rmtree(args.out)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    extra, out = [], args.out
+    if args.steps:  # kept apart from full-length results
+        n = args.steps
+        extra = [f"train.max_steps={n}", f"train.eval_every={n}", f"checkpoint.every_steps={n}"]
+        extra += [f"train.warmup_steps={min(100, n // 10)}", f"train.log_every={max(1, n // 3)}"]
+        out = out / f"steps{n}"
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    tables = []
+    for name in names:
+        dataset = DATASETS[name]
+        ensure_prepared(dataset.tokenizer_config, dataset.data_config, dataset.manifest)
+        plan = [(seed, variant) for seed in seeds for variant in variants]
+
+        def one(
+            job: tuple[int, str], dataset: Dataset = dataset, name: str = name
+        ) -> dict[str, Any]:
+            seed, variant = job
+            where = out / name / f"{variant}-seed{seed}"
+            result = run_one(dataset, variant, seed, where, args.sweep, extra, threads)
+            print(
+                f"{name} ({variant}) seed {seed}: loss {result['loss']:.4f}, "
+                f"bpb {result['bits_per_byte']:.4f}, {result['ms_per_step']:.0f} ms/step",
+                flush=True,
+            )
+            return result
+
+        with ThreadPoolExecutor(args.jobs) as pool:  # each run is its own subprocesses
+            results = list(pool.map(one, plan))
+        tables.append(table(name, results))
+    print(f"\n1-minute load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print("\n\n".join(["", *tables]))
+
+
+if __name__ == "__main__":
+    main()

@@ -13,12 +13,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.gpu_throughput import PEAK_FLOPS, experiment, peak_flops, recomputed_forward_flops
 from tests.helpers.distributed import REPO_ROOT, distributed_env
 
 SCRIPT = REPO_ROOT / "benchmarks" / "gpu_throughput.py"
 
 
+@pytest.mark.slow  # two DeepSpeed engines in fresh processes: ~30 s
 def test_smoke_run_writes_a_row_per_checkpointing_setting(tmp_path: Path) -> None:
     out = tmp_path / "rows.jsonl"
     result = subprocess.run(

@@ -21,8 +21,9 @@ unigram).
     python benchmarks/transformer_xl_ablation.py --datasets shakespeare --seeds 0
     python benchmarks/transformer_xl_ablation.py --jobs 2 --variants a,b --sweep 0,256
 
-Finished runs are kept (``OUT/<dataset>/<variant>-seed<s>/result.json``) and not redone, so an
-interrupted ablation continues where it stopped; ``--fresh`` redoes everything.
+Finished runs are kept (``OUT/<dataset>/<variant>-seed<s>/trained.json``, and each sweep's
+evaluations) and not redone, so an interrupted ablation continues where it stopped and another
+``--sweep`` only evaluates again; ``--fresh`` redoes everything.
 """
 
 from __future__ import annotations
@@ -88,46 +89,58 @@ def run_one(
     threads: int,
 ) -> dict[str, Any]:
     """Train one variant with one seed (+ ``extra`` overrides) and evaluate it, on ``threads``
-    CPU threads; the result is kept in ``out``."""
-    saved = out / "result.json"
-    if saved.is_file():
-        result: dict[str, Any] = json.loads(saved.read_text())
-        return result
-    if out.exists():  # an interrupted run: start it again from scratch
-        shutil.rmtree(out)
-    trained = train(
-        dataset.experiment,
-        out,
-        [*VARIANTS[variant][1], f"train.seed={seed}", f"data.seed={seed}", *extra],
-        threads=threads,
-    )
-    # The run's own final validation covers the whole held-out split with the trained settings
-    # (it is what `pretrain evaluate` reproduces); (a) is also evaluated with longer memory.
-    sweep_rows: list[dict[str, Any]] = []
-    if variant == "a":
-        report = evaluate(trained.checkpoints, "--batches", "0", "--mem-len-sweep", sweep,
-                          threads=threads)  # fmt: skip
-        sweep_rows = [
-            {"mem_len": r["mem_len"], "loss": r["loss"], "bits_per_byte": r["bits_per_byte"]}
-            for r in report["sweep"]
-        ]
-        same = report["metrics"]["loss"]
-        if abs(same - trained.val_loss) > 1e-3:
-            raise SystemExit(
-                f"{out}: pretrain evaluate gives {same:.4f} with the trained settings, the run "
-                f"logged {trained.val_loss:.4f}"
-            )
-    result = {
-        "variant": variant,
-        "seed": seed,
-        "loss": trained.val_loss,
-        "bits_per_byte": trained.val_bpb,
-        "ms_per_step": trained.ms_per_step,
-        "wall_s": trained.wall_s,
-        "sweep": sweep_rows,
+    CPU threads. The training record (``trained.json``) and each memory sweep
+    (``sweep-<lengths>.json``) are kept in ``out``: neither is redone, so another ``--sweep``
+    only evaluates the existing checkpoint again."""
+    record = out / "trained.json"
+    if record.is_file():
+        trained: dict[str, Any] = json.loads(record.read_text())
+    else:
+        if out.exists():  # an interrupted run: start it again from scratch
+            shutil.rmtree(out)
+        result = train(
+            dataset.experiment,
+            out,
+            [*VARIANTS[variant][1], f"train.seed={seed}", f"data.seed={seed}", *extra],
+            threads=threads,
+        )
+        # Its final validation covers the whole held-out split with the trained settings.
+        trained = {
+            "variant": variant,
+            "seed": seed,
+            "loss": result.val_loss,
+            "bits_per_byte": result.val_bpb,
+            "ms_per_step": result.ms_per_step,
+            "wall_s": result.wall_s,
+        }
+        record.write_text(json.dumps(trained, indent=1))
+    return {
+        **trained,
+        "sweep": memory_sweep(out, sweep, trained["loss"], threads) if variant == "a" else [],
     }
-    saved.write_text(json.dumps(result, indent=1))
-    return result
+
+
+def memory_sweep(out: Path, sweep: str, trained_loss: float, threads: int) -> list[dict[str, Any]]:
+    """(a)'s checkpoint evaluated by `pretrain evaluate` with each memory length of ``sweep``
+    (and the trained one, which must reproduce the run's own validation)."""
+    saved = out / f"sweep-{sweep.replace(',', '_')}.json"
+    if saved.is_file():
+        rows: list[dict[str, Any]] = json.loads(saved.read_text())
+        return rows
+    report = evaluate(out / "checkpoints", "--batches", "0", "--mem-len-sweep", sweep,
+                      threads=threads)  # fmt: skip
+    same = report["metrics"]["loss"]
+    if abs(same - trained_loss) > 1e-3:
+        raise SystemExit(
+            f"{out}: pretrain evaluate gives {same:.4f} with the trained settings, the run "
+            f"logged {trained_loss:.4f}"
+        )
+    rows = [
+        {"mem_len": r["mem_len"], "loss": r["loss"], "bits_per_byte": r["bits_per_byte"]}
+        for r in report["sweep"]
+    ]
+    saved.write_text(json.dumps(rows, indent=1))
+    return rows
 
 
 def table(name: str, results: list[dict[str, Any]]) -> str:
@@ -175,7 +188,9 @@ def main() -> None:
     parser.add_argument("--variants", default="a,b,c", help="of: a,b,c,d")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument(
-        "--sweep", default="128,256", help="memory lengths (a) is also evaluated with"
+        "--sweep",
+        default="0,128,256",
+        help="memory lengths (a) is also evaluated with (0: how much it relies on memory)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "transformer_xl_ablation")
     parser.add_argument("--fresh", action="store_true", help="redo runs that already finished")
@@ -226,10 +241,13 @@ def main() -> None:
 
         with ThreadPoolExecutor(args.jobs) as pool:  # each run is its own subprocesses
             list(pool.map(one, plan))
-        # Every finished variant of these seeds, also those of earlier invocations.
-        finished = sorted((out / name).glob("*-seed*/result.json"))
-        results = [json.loads(f.read_text()) for f in finished]
-        tables.append(table(name, [r for r in results if r["seed"] in seeds]))
+        # Every trained variant of these seeds, also those of earlier invocations.
+        results = [
+            run_one(dataset, r["variant"], r["seed"], f.parent, args.sweep, extra, threads)
+            for f in sorted((out / name).glob("*-seed*/trained.json"))
+            if (r := json.loads(f.read_text()))["seed"] in seeds
+        ]
+        tables.append(table(name, results))
     print(f"\n1-minute load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print("\n\n".join(["", *tables]))
 

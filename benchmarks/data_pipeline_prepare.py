@@ -1,6 +1,7 @@
 """Prepare throughput against the bare tokenizer, and peak memory against corpus size.
 
-For one sentencepiece and one HF tokenizer, on the same text in the same run:
+For sentencepiece (unigram, BPE) and HF (byte-level BPE) tokenizers, on the same text in the same
+run:
   * bare: `Tokenizer.encode_batch` over the corpus's paragraphs, batches of 256, in this process
     on one thread (sentencepiece ``num_threads=1``; HF with TOKENIZERS_PARALLELISM=false and
     RAYON_NUM_THREADS=1, set before `tokenizers` is imported). Its CPU time / wall time is printed
@@ -17,7 +18,8 @@ median and the 1-minute load average around each measurement. Then peak RSS of `
 largest worker VmHWM (polled every 0.1 s from /proc). Not ``ru_maxrss``: a child started by
 vfork/exec inherits its parent's high-water mark, so it would report this script's own memory.
 
-    PYTHONPATH=. python benchmarks/data_pipeline_prepare.py --copies 40 --repeats 3 --memory
+    PYTHONPATH=. python benchmarks/data_pipeline_prepare.py --copies 100 --repeats 3  # throughput
+    PYTHONPATH=. python benchmarks/data_pipeline_prepare.py --copies 40 --memory       # + memory
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ def main() -> None:
         "--copies", type=int, default=4, help="corpus = this many copies (MB/s needs size)"
     )
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats (median shown)")
-    ap.add_argument("--kinds", default="sp_unigram,hf_bpe")
+    ap.add_argument("--kinds", default="sp_unigram,sp_bpe,hf_bpe", help="tokenizer kinds to train")
     ap.add_argument("--memory", action="store_true", help="run the 1x/10x peak-memory measurement")
     ap.add_argument("--memory-kind", default="sp_unigram", help="tokenizer of the memory runs")
     ap.add_argument(

@@ -31,10 +31,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def ensure_prepared(tokenizer_config: str, data_config: str, manifest: Path) -> None:
-    """Train the tokenizer and prepare the shards unless ``manifest`` already exists."""
-    if manifest.is_file():
-        return
-    for args in (["train-tokenizer", tokenizer_config], ["prepare", data_config]):
+    """Train the tokenizer and prepare the shards when ``manifest`` does not exist yet. When it
+    does, `prepare` still runs: with every unit committed it only checks that the dataset was
+    built from this data recipe and tokenizer (and refuses, naming what differs, when not), so
+    a run never reads data left by an older recipe. (A tokenizer artifact left by an older
+    tokenizer recipe is not detected: delete runs/tokenizers/... after changing one.)"""
+    steps = [["prepare", data_config]]
+    if not manifest.is_file():
+        steps.insert(0, ["train-tokenizer", tokenizer_config])
+    for args in steps:
         subprocess.run([sys.executable, "-m", "data_pipeline.cli", *args], cwd=REPO, check=True)
 
 

@@ -207,9 +207,12 @@ def main() -> None:
     args = parser.parse_args()
     names = args.datasets.split(",")
     variants = args.variants.split(",")
-    for name in names + variants:
-        if name not in DATASETS and name not in VARIANTS:
-            parser.error(f"unknown dataset or variant {name!r}")
+    for name in names:
+        if name not in DATASETS:
+            parser.error(f"--datasets: unknown dataset {name!r} (of {', '.join(DATASETS)})")
+    for name in variants:
+        if name not in VARIANTS:
+            parser.error(f"--variants: unknown variant {name!r} (of {', '.join(VARIANTS)})")
     if args.fresh and args.out.exists():
         shutil.rmtree(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]

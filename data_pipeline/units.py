@@ -26,7 +26,7 @@ class WorkUnit:
     start: int  # nominal byte range in the (uncompressed) file; end -1: to the end of the file
     end: int
     limit: int  # end of the part this range lies in (a boundary): real bounds never pass it
-    split: str | None  # fixed split (position mode) or None: decided per document by hash
+    split: str | None  # fixed split (position and files modes) or None: decided per document
 
     @property
     def is_whole_file(self) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import deepspeed
@@ -243,10 +244,27 @@ def load_checkpoint(engine: Any, root: str, tag: str) -> None:
 
 
 def read_zero_checkpoint(root: str, tag: str) -> dict[str, torch.Tensor]:
-    """The full fp32 weights of a ZeRO checkpoint written at any world size, gathered in this
-    process from every rank's shards: no process group and no accelerator needed."""
+    """The full fp32 weights of a checkpoint written at any world size, gathered in this
+    process from every rank's shards: no process group and no accelerator needed.
+
+    ZeRO stages 1-3 keep the fp32 master weights in per-rank ``*zero_pp_rank_*`` files, which
+    DeepSpeed's own reader gathers. Without ZeRO (``engine.zero_stage: 0``) every rank holds the
+    whole model and DeepSpeed writes it once, as the module's state in
+    ``mp_rank_00_model_states.pt``; DeepSpeed's reader does not handle that layout. Those are
+    the weights the run computed with: exact for fp32; for a bf16/fp16 run, the half-precision
+    copy upcast (right for evaluating in the training precision; the fp32 masters stay in
+    DeepSpeed's optimizer state and are not read)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    step = Path(root) / tag
+    if step.is_dir() and not any(step.glob("*zero_pp_rank_*")):
+        states = step / "mp_rank_00_model_states.pt"
+        if not states.is_file():
+            raise FileNotFoundError(f"{step}: neither ZeRO shards nor {states.name}")
+        # DeepSpeed's own pickle (module state plus client and optimizer state), as its loader
+        # reads it: not weights-only.
+        saved = torch.load(states, map_location="cpu", weights_only=False)
+        return {name: tensor.float() for name, tensor in saved["module"].items()}
     return dict(get_fp32_state_dict_from_zero_checkpoint(root, tag=tag))
 
 
@@ -256,9 +274,27 @@ def fp16_overflowed(engine: Any) -> bool:
     return bool(engine.fp16_enabled() and getattr(engine.optimizer, "overflow", False))
 
 
-def grad_norm(engine: Any) -> float:
+def grad_norm(engine: Any, whole: float | None = None) -> float:
+    """The global gradient norm of the last step, as DeepSpeed measured it before clipping;
+    ``whole`` (from `whole_grad_norm`) where DeepSpeed keeps none (fp32 without ZeRO)."""
     norm = engine.get_global_grad_norm()
+    if norm is None:
+        norm = whole
     return float("nan") if norm is None else float(norm)
+
+
+def whole_grad_norm(engine: Any) -> float | None:
+    """The gradient norm from the parameters' own ``.grad``, for a model trained without ZeRO
+    (stage 0), where each rank holds the whole, already averaged gradients; call it before the
+    optimizer step. None under ZeRO, whose partitioned gradients DeepSpeed measures itself."""
+    if engine.zero_optimization_stage() != 0:
+        return None
+    grads = [p.grad.detach() for p in engine.module.parameters() if p.grad is not None]
+    if not grads:
+        return None
+    return float(
+        torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    )
 
 
 def memory_stats() -> dict[str, float]:

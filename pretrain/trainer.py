@@ -157,8 +157,9 @@ class Trainer:
                 verdict = all_reduce_sum(verdict)
                 skip = bool(verdict[1] > 0)
                 self.engine.optimizer.skip_updates = skip
+                whole_norm = None if skip else eng.whole_grad_norm(self.engine.model)
             self.engine.model.step()
-        grad_norm = float("nan") if skip else eng.grad_norm(self.engine.model)
+        grad_norm = float("nan") if skip else eng.grad_norm(self.engine.model, whole_norm)
         overflow = not skip and eng.fp16_overflowed(self.engine.model)
         return StepResult(
             fp16_overflow=overflow,

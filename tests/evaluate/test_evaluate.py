@@ -180,3 +180,51 @@ def test_two_processes_give_the_one_process_result(xl_run: TrainedRun) -> None:
     # 4-row and 8-row batches (~1e-7 per logit) and the order of the float64 sums.
     assert two["metrics"]["loss"] == pytest.approx(one["metrics"]["loss"], rel=1e-5)
     assert two["metrics"]["tokens"] == one["metrics"]["tokens"]
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_run_without_zero_partitioning_logs_grad_norms_and_evaluates(
+    char_manifest: Path, tmp_path: Path
+) -> None:
+    """`engine.zero_stage: 0` (what a model this small trains fastest with): DeepSpeed keeps no
+    gradient norm for fp32 without ZeRO, and writes the whole model once instead of ZeRO shards;
+    the trainer measures the norm itself and `evaluate` reads that layout."""
+    from tests.trainer.runs import run_id, train
+
+    config = experiment_file(tmp_path, char_manifest)
+    train(
+        tmp_path,
+        config,
+        "engine.zero_stage=0",
+        "engine.precision=fp32",
+        "train.max_steps=4",
+        "train.eval_every=4",
+        "train.log_every=1",
+        "checkpoint.every_steps=4",
+    )
+    checkpoints = tmp_path / "checkpoints"
+    history = read_run(f"sqlite:///{tmp_path / 'mlflow.db'}", run_id(checkpoints))["history"]
+    norms = dict(history["train/grad_norm"])
+    assert sorted(norms) == [1, 2, 3, 4] and all(math.isfinite(n) and n > 0 for n in norms.values())
+    # The same first step under ZeRO-2 (built the same way, so the same weights and batches),
+    # whose norm DeepSpeed measures itself over its partitioned gradients: the stage-0 figure is
+    # that of the whole averaged gradient, not of one rank's or of a rescaled one.
+    zero2 = tmp_path / "zero2"
+    zero2.mkdir()
+    train(
+        zero2,
+        experiment_file(zero2, char_manifest),
+        "engine.zero_stage=2",
+        "engine.precision=fp32",
+        "train.max_steps=2",
+    )
+    reference = read_run(f"sqlite:///{zero2 / 'mlflow.db'}", run_id(zero2 / "checkpoints"))
+    assert dict(history["train/loss"])[1] == pytest.approx(
+        dict(reference["history"]["train/loss"])[1], rel=1e-5
+    )  # the same model and batches
+    assert norms[1] == pytest.approx(dict(reference["history"]["train/grad_norm"])[1], rel=1e-4)
+    assert not list(ckpt.step_dir(checkpoints, 4).glob("*zero_pp_rank_*"))  # not ZeRO's layout
+    report = run_evaluation(open_checkpoint(checkpoints, 4))
+    logged = dict(history["val/loss"])[4]
+    assert report["metrics"]["loss"] == pytest.approx(logged, rel=1e-4)

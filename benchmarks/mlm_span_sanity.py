@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,13 +64,6 @@ def objective(family: str) -> str:
     if family == "encoder":
         return f"MLM, {data.mlm_probability:.0%} masked"
     return f"span corruption, {data.noise_density:.0%} noise, mean span {data.mean_span_length:g}"
-
-
-def whole(values: list[float]) -> str:
-    """``mean ± std`` to whole numbers (milliseconds, seconds)."""
-    if len(values) == 1:
-        return f"{values[0]:.0f}"
-    return f"{statistics.mean(values):.0f} ± {statistics.stdev(values):.0f}"
 
 
 def run(family: str, seed: int, out: Path) -> Run:
@@ -139,8 +131,8 @@ def main() -> None:
             mean_std([r.baseline.loss for r in mine]),
             mean_std([r.accuracy for r in mine]),
             mean_std([r.baseline.accuracy for r in mine]),
-            whole([r.result.ms_per_step for r in mine]),
-            whole([r.result.wall_s for r in mine]),
+            mean_std([r.result.ms_per_step for r in mine], digits=0),
+            mean_std([r.result.wall_s for r in mine], digits=0),
         ]
         print("| " + " | ".join(cells) + " |")
     failed = [r for r in runs if r.loss >= r.baseline.loss]

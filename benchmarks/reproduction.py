@@ -137,11 +137,11 @@ def evaluate(checkpoints: Path, *args: str, threads: int | None = None) -> dict[
     return report
 
 
-def mean_std(values: Sequence[float]) -> str:
-    """``mean ± sample std`` (just the value for one)."""
+def mean_std(values: Sequence[float], digits: int = 4) -> str:
+    """``mean ± sample std`` to ``digits`` decimals (just the value for one)."""
     if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 # -- The unigram baseline: a model that ignores its input ------------------------------------

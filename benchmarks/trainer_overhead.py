@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import resource
@@ -116,7 +117,7 @@ def trainer(steps: int, warmup: int, workdir: Path, extra: list[str]) -> dict[st
     overrides = [
         *SHAPE,
         f"train.max_steps={total}",
-        f"train.log_every={_gcd(warmup, steps)}",
+        f"train.log_every={math.gcd(warmup, steps)}",
         f"train.eval_every={10 * total}",
         f"checkpoint.every_steps={10 * total}",
         f"checkpoint.dir={workdir / 'checkpoints'}",
@@ -136,12 +137,6 @@ def trainer(steps: int, warmup: int, workdir: Path, extra: list[str]) -> dict[st
         "tokens_per_s": statistics.mean(timed),
         "peak_rss_gib": float(peak[-1]) if peak else float("nan"),
     }
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
 
 
 def main() -> None:

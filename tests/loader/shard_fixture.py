@@ -34,6 +34,7 @@ class BuiltDataset:
     root: Path
     samples: dict[str, list[np.ndarray]]  # split -> every sample's tokens, in manifest order
     shard_paths: dict[str, list[Path]]
+    doc_starts: dict[str, list[tuple[int, ...]]]  # split -> each sample's document starts
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -61,8 +62,9 @@ def _write_split(
     chunk_len: int,
     shard_samples: int,
     dtype: str,
-) -> tuple[dict[str, Any], list[np.ndarray], list[Path]]:
+) -> tuple[dict[str, Any], list[np.ndarray], list[Path], list[tuple[int, ...]]]:
     shards, samples, paths = [], [], []
+    sample_starts: list[tuple[int, ...]] = []
     for unit, docs in enumerate(units):
         tokens, starts, nbytes = _unit_tokens(docs)
         n_chunks = len(tokens) // chunk_len  # the tail shorter than a chunk is dropped
@@ -86,6 +88,7 @@ def _write_split(
                         }
                     )
                     samples.append(chunk)
+                    sample_starts.append(tuple(doc_starts))
                     shard["samples"] += 1
                     shard["tokens"] += chunk_len
                     shard["utf8_bytes"] += utf8
@@ -97,7 +100,7 @@ def _write_split(
     totals = {
         k: sum(s[k] for s in shards) for k in ("samples", "tokens", "utf8_bytes", "documents")
     }
-    return {"shards": shards, **totals}, samples, paths
+    return {"shards": shards, **totals}, samples, paths, sample_starts
 
 
 def build_dataset(
@@ -119,9 +122,9 @@ def build_dataset(
     per_unit = -(-len(train_docs) // train_units)
     units = [train_docs[i : i + per_unit] for i in range(0, len(train_docs), per_unit)]
     root.mkdir(parents=True, exist_ok=True)
-    splits, samples, paths = {}, {}, {}
+    splits, samples, paths, doc_starts = {}, {}, {}, {}
     for split, split_units in (("train", units), ("validation", [val_docs])):
-        splits[split], samples[split], paths[split] = _write_split(
+        splits[split], samples[split], paths[split], doc_starts[split] = _write_split(
             root, split, split_units, chunk_len, shard_samples, dtype
         )
     manifest = {
@@ -149,4 +152,4 @@ def build_dataset(
     }
     path = root / "manifest.json"
     path.write_text(json.dumps(manifest, indent=1))
-    return BuiltDataset(path, root, samples, paths)
+    return BuiltDataset(path, root, samples, paths, doc_starts)

@@ -105,10 +105,17 @@ class DataConfig:
     # blocks of whole shards; "auto" is shuffled when the model has no memory (mem_len == 0).
     order: Literal["auto", "contiguous", "shuffled"] = "auto"
     shuffle_buffer_tokens: int = 1 << 22  # shuffled: tokens per stream block (or one shard)
+    # Shuffled windows: "none" cuts every sample into the same seq_len windows each epoch;
+    # "epoch" shifts them by a seeded offset drawn per epoch, so each pass over the data reads
+    # other windows (what random-offset sampling gives; it matters when a run sees the data
+    # more than once). See docs/loader.md "Shifted windows".
+    window_shift: Literal["none", "epoch"] = "none"
 
     def validate(self) -> None:
         if self.order not in ("auto", "contiguous", "shuffled"):
             raise ValueError(f"order must be auto, contiguous or shuffled, got {self.order!r}")
+        if self.window_shift not in ("none", "epoch"):
+            raise ValueError(f"window_shift must be none or epoch, got {self.window_shift!r}")
         if self.shuffle_buffer_tokens < 1:
             raise ValueError(
                 f"shuffle_buffer_tokens must be >= 1, got {self.shuffle_buffer_tokens}"

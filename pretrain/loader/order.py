@@ -88,6 +88,12 @@ class Plan(Protocol):
         """Whether unit ``cur`` is the text right after unit ``prev``."""
         ...
 
+    def window_bounds(self, epoch: int, unit: Unit) -> tuple[int, int]:
+        """Where a window unit's own text lies in the tokens `read` yields for it: ``[start,
+        end)``; a reader may go on past ``end`` for a lookahead (the causal LM's last target)
+        when those tokens are there. Only asked when ``window_len`` is set."""
+        ...
+
 
 class StreamPlan:
     """The per-epoch sample ranges of ``num_streams`` streams over ``shards``.
@@ -192,6 +198,9 @@ class StreamPlan:
     def continues(self, prev: Unit, cur: Unit) -> bool:
         return self.is_continuation(prev[:2], cur[:2])
 
+    def window_bounds(self, epoch: int, unit: Unit) -> tuple[int, int]:
+        raise TypeError("contiguous order reads whole samples, not windows")
+
 
 @dataclass(frozen=True)
 class Block:
@@ -223,6 +232,16 @@ class ShuffledPlan:
       stream reads a block's pieces whole into memory, then hands out the block's units in a
       permutation seeded by (fingerprint, seed, epoch, stream, block). Shards are read
       sequentially, once per epoch, and memory is bounded by the block.
+    * Shifted windows (``shift_windows``): every window of epoch e starts ``phase(e)`` tokens
+      later, a seeded offset in ``[0, T)`` drawn afresh each epoch (below the last window's
+      length when T does not divide chunk_len, so every window starts inside its own
+      sample), so a second pass over the
+      data reads other windows than the first (as random-offset sampling does) instead of
+      repeating each one. A window that runs past its sample's end goes on into the next
+      sample of the same shard (window W-1 of a sample ends where the next sample's window 0
+      begins); at the end of a block's piece there is no next sample and the window is cut
+      short, and the first ``phase(e)`` tokens of a piece's first sample are not read that
+      epoch. Every other token is read exactly once per epoch, as without the shift.
     """
 
     def __init__(
@@ -235,6 +254,7 @@ class ShuffledPlan:
         chunk_len: int,
         window_len: int | None,
         block_samples: int,
+        shift_windows: bool = False,
     ) -> None:
         if window_len is not None and not 0 < window_len <= chunk_len:
             raise ValueError(f"window_len {window_len} not in [1, chunk_len={chunk_len}]")
@@ -247,13 +267,38 @@ class ShuffledPlan:
         self.window_len = window_len
         self.windows = 1 if window_len is None else -(-chunk_len // window_len)
         self.block_samples = max(1, block_samples)
+        self.shift_windows = shift_windows and window_len is not None
         self._blocks = lru_cache(maxsize=64)(self._make_blocks)
         self._permutation = lru_cache(maxsize=64)(self._make_permutation)
+        self._phase = lru_cache(maxsize=4)(self._make_phase)
 
     @property
     def layout(self) -> list[int]:
-        """What the unit layout depends on besides (fingerprint, seed, G), for the state."""
-        return [self.window_len or 0, self.block_samples]
+        """What the unit layout depends on besides (fingerprint, seed, G), for the state
+        (a third entry, 1, when windows are shifted; states from before the shift have two)."""
+        return [self.window_len or 0, self.block_samples] + ([1] if self.shift_windows else [])
+
+    def _make_phase(self, epoch: int) -> int:
+        if not self.shift_windows or self.window_len is None:
+            return 0
+        # Below the last window's length (T when T divides chunk_len), so that every window
+        # starts inside its own sample.
+        last_window = self.chunk_len - (self.windows - 1) * self.window_len
+        rng = seeded_rng("window-shift", self.fingerprint, self.seed, epoch)
+        return int(rng.integers(last_window))
+
+    def phase(self, epoch: int) -> int:
+        """How many tokens into its sample window 0 starts in ``epoch`` (0 unless shifted)."""
+        return self._phase(epoch)
+
+    def window_bounds(self, epoch: int, unit: Unit) -> tuple[int, int]:
+        if self.window_len is None:
+            raise TypeError("units are whole samples (seq_len > chunk_len), not windows")
+        phase = self.phase(epoch)
+        start = phase + unit[2] * self.window_len
+        # The sample's text ends at chunk_len; shifted, its last window takes the next
+        # sample's first ``phase`` tokens, up to where that sample's window 0 begins.
+        return start, min(start + self.window_len, self.chunk_len + phase)
 
     def stream_samples(self, epoch: int, stream: int) -> int:
         return self.ranges.stream_samples(epoch, stream) * self.windows
@@ -319,11 +364,37 @@ class ShuffledPlan:
             for planned in range(max(first, block.first), stop):
                 unit = self._unit(epoch, stream, block, planned)
                 found = loaded.get(unit[:2])
-                if found is not None:  # None: lost to a bad shard (lenient mode)
-                    yield planned, unit, found
+                if found is None:  # lost to a bad shard (lenient mode)
+                    continue
+                if self.shift_windows:
+                    found = self._with_next_sample(epoch, unit, found, loaded)
+                yield planned, unit, found
+
+    def _with_next_sample(
+        self, epoch: int, unit: Unit, sample: Sample, loaded: dict[tuple[int, int], Sample]
+    ) -> Sample:
+        """``sample`` followed by the next sample of its shard, when a shifted window (or its
+        one-token lookahead) reaches past the sample's end and the next sample was read."""
+        start, _ = self.window_bounds(epoch, unit)
+        assert self.window_len is not None  # shift_windows implies windows
+        following = loaded.get((unit[0], unit[1] + 1))
+        if start + self.window_len + 1 <= self.chunk_len or following is None:
+            return sample
+        return Sample(
+            index=sample.index,
+            tokens=np.concatenate([sample.tokens, following.tokens]),
+            doc_starts=sample.doc_starts + tuple(self.chunk_len + d for d in following.doc_starts),
+            utf8_bytes=sample.utf8_bytes,
+        )
 
     def continues(self, prev: Unit, cur: Unit) -> bool:
         (ps, pi, pw), (cs, ci, cw) = prev, cur
         if cw > 0:
             return (ps, pi, pw) == (cs, ci, cw - 1)
-        return pw == self.windows - 1 and self.ranges.is_continuation((ps, pi), (cs, ci))
+        if pw != self.windows - 1:
+            return False
+        if self.shift_windows:
+            # A shifted window does not reach into the next shard (only samples of its own
+            # shard are attached), so the text between the two is not read.
+            return ps == cs and ci == pi + 1
+        return self.ranges.is_continuation((ps, pi), (cs, ci))

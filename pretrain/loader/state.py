@@ -1,7 +1,8 @@
 """The loader's checkpointable state: a few integers per stream plus what they are relative to.
 
 ``{"format": 1, "fingerprint": str, "split": str, "seed": int, "num_streams": G,
-"order": "contiguous" | "shuffled", "layout": [window_len, block_samples] (shuffled only),
+"order": "contiguous" | "shuffled", "layout": [window_len, block_samples] (shuffled only; a
+third entry 1 when windows are shifted per epoch),
 "streams": [[g, epoch, unit, token], ...]}`` for the global streams a rank owns. Plain ints,
 strs and lists, so it loads with ``torch.load(weights_only=True)``. A state without "order"
 (written before shuffled order existed) is contiguous.
@@ -109,8 +110,9 @@ def positions_for(
         raise LoaderStateError(
             f"loader state is in {order_of(state)[0]!r} order (layout {order_of(state)[1]}), this "
             f"loader reads in {order!r} order (layout {layout}; [window_len, block_samples] "
-            "depend on seq_len, chunk_len and data.shuffle_buffer_tokens): positions would "
-            "name other units. Use the checkpoint's data.order and settings."
+            "depend on seq_len, chunk_len and data.shuffle_buffer_tokens, a third entry 1 on "
+            "data.window_shift=epoch): positions would name other units. Use the checkpoint's "
+            "data.order and settings."
         )
     saved = {int(row[0]): (int(row[1]), int(row[2]), int(row[3])) for row in state["streams"]}
     missing = [g for g in streams if g not in saved]

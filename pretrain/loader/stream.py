@@ -36,7 +36,7 @@ class _Entry:
     planned: int
     unit: Unit
     tokens: np.ndarray  # (chunk_len,): int64 for whole-sample units, as stored for windows
-    doc_start: np.ndarray  # (chunk_len,) bool
+    doc_start: np.ndarray  # (chunk_len,) bool  (2 x chunk_len: a shifted window's two samples)
 
 
 class TokenStream:
@@ -106,7 +106,7 @@ class TokenStream:
         skipped = (epoch, planned) != (exp_epoch, exp_planned)
         if skipped or not self._continues(prev, epoch, planned, unit):
             # earlier tokens are not this text's context
-            doc_start[unit[2] * window_len if window_len else 0] = True
+            doc_start[self.plan.window_bounds(epoch, unit)[0] if window_len else 0] = True
         if not self._buffer and (epoch, planned) != self.position[:2]:
             self._cursor = 0  # the restored unit itself was lost to a bad shard
         entry = _Entry(epoch, planned, unit, tokens, doc_start)
@@ -160,9 +160,10 @@ class TokenStream:
             return np.zeros(0, np.int64), np.zeros(0, bool)
         entry = self._buffer.popleft()
         self._buffered, self._cursor = 0, 0
-        lo = entry.unit[2] * window_len
+        lo, hi = self.plan.window_bounds(entry.epoch, entry.unit)
+        stop = min(lo + n, hi + n - window_len)  # the window's text and its lookahead
         self.position = (*self._next_planned(entry.epoch, entry.planned), 0)
-        return entry.tokens[lo : lo + n].astype(np.int64), entry.doc_start[lo : lo + n]
+        return entry.tokens[lo:stop].astype(np.int64), entry.doc_start[lo:stop]
 
     def _advance(self, count: int) -> None:
         self._buffered -= count

@@ -134,6 +134,7 @@ class TrainLoader:
                 chunk_len=chunk_len,
                 window_len=window,
                 block_samples=self.data_config.shuffle_buffer_tokens // chunk_len,
+                shift_windows=self.data_config.window_shift == "epoch",
             )
             self.plan, self._layout = plan, plan.layout
         self.order = order

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,8 @@ class BuiltDataset:
     root: Path
     samples: dict[str, list[np.ndarray]]  # split -> every sample's tokens, in manifest order
     shard_paths: dict[str, list[Path]]
-    doc_starts: dict[str, list[tuple[int, ...]]]  # split -> each sample's document starts
+    # split -> each sample's document starts (offsets in the sample)
+    doc_starts: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
 
 
 def _npy(array: np.ndarray) -> bytes:

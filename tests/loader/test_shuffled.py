@@ -287,3 +287,108 @@ def test_seq_len_not_dividing_chunk_len_warns_and_pads(dataset: BuiltDataset) ->
         rows = torch.cat([s[k]["targets"] for s in _steps(loader, 30) for k in range(2)])
     short = (rows == IGNORE_INDEX).sum(dim=1)
     assert set(short.tolist()) <= {0, 9}  # full windows, or 15 targets of the 16-token tail
+
+
+def _shard_texts(dataset: BuiltDataset, shards: Any) -> list[np.ndarray]:
+    """Each train shard's samples concatenated: the shard's text as token ids."""
+    offsets = np.cumsum(np.array([0] + [s.samples for s in shards]))
+    samples = dataset.samples["train"]
+    return [
+        np.concatenate(samples[offsets[k] : offsets[k + 1]]).astype(np.int64)
+        for k in range(len(shards))
+    ]
+
+
+def _phase_of_epoch_0(dataset: BuiltDataset, seq_len: int, cfg: DataConfig, seed: int) -> int:
+    with make_loader(dataset, seq_len=seq_len, data_config=cfg, seed=seed) as loader:
+        assert isinstance(loader.plan, ShuffledPlan)
+        return loader.plan.phase(0)
+
+
+@pytest.mark.parametrize("seq_len", [16, 24])  # dividing chunk_len / not (a short last window)
+def test_shifted_windows_read_each_epoch_at_a_new_offset(
+    dataset: BuiltDataset, seq_len: int
+) -> None:
+    """With data.window_shift=epoch every row is the text from the window's shifted start on,
+    running into the next sample of its shard where one was read with it (targets: the next
+    tokens, the lookahead included); within an epoch no token is read twice, and the only ones
+    not read are the first phase(e) tokens of each block piece's first sample."""
+    shards = load_manifest(str(dataset.manifest)).split("train").shards
+    texts = _shard_texts(dataset, shards)
+    first_sample = np.cumsum(np.array([0] + [s.samples for s in shards]))
+    cfg = _cfg(shuffle_buffer_tokens=CHUNK * 100, window_shift="epoch")
+    # The plan hangs on the manifest's bytes, which hold the corpus's absolute path: take the
+    # first seed whose epoch 0 is shifted wherever the repository is checked out.
+    seed = next(s for s in range(100) if _phase_of_epoch_0(dataset, seq_len, cfg, s) > 0)
+    with make_loader(dataset, seq_len=seq_len, data_config=cfg, seed=seed) as loader:
+        plan = loader.plan
+        assert isinstance(plan, ShuffledPlan) and plan.shift_windows
+        per_stream = [plan.stream_samples(0, g) for g in range(4)]
+        steps = _steps(loader, max(per_stream))
+    phases = [plan.phase(e) for e in range(8)]
+    last_window = CHUNK - (plan.windows - 1) * seq_len  # every window starts in its sample
+    assert all(0 <= p < last_window for p in phases) and len(set(phases)) > 1
+    phase = plan.phase(0)
+    reads = [np.zeros(t.shape[0], dtype=np.int64) for t in texts]
+    for g in range(4):
+        k, b = divmod(g, 2)
+        # what the stream read with each sample: its block's pieces (a window may continue
+        # into the next sample only when that sample is in the same piece)
+        piece_of = {
+            (p.shard, i): p for blk in plan.blocks(0, g) for p in blk.pieces
+            for i in range(p.start, p.stop)
+        }  # fmt: skip
+        for t in range(per_stream[g]):
+            shard, index, window = unit = plan.locate(0, g, t)
+            lo, hi = plan.window_bounds(0, unit)
+            assert lo == phase + window * seq_len and hi <= lo + seq_len
+            piece = piece_of[shard, index]
+            text_end = (index + (2 if index + 1 < piece.stop else 1)) * CHUNK
+            start = index * CHUNK + lo
+            stop = min(index * CHUNK + hi, text_end)
+            row = steps[t][k]
+            width = stop - start
+            assert torch.equal(
+                row["input_ids"][b][:width], torch.from_numpy(texts[shard][start:stop])
+            )
+            targets = texts[shard][start + 1 : min(stop + 1, text_end)]
+            want = np.full(seq_len, IGNORE_INDEX)
+            want[: targets.shape[0]] = targets
+            assert torch.equal(row["targets"][b], torch.from_numpy(want))
+            reads[shard][start:stop] += 1
+            continues = t > 0 and plan.continues(plan.locate(0, g, t - 1), unit)
+            begins_document = lo in dataset.doc_starts["train"][first_sample[shard] + index]
+            assert bool(row["doc_start"][b][0]) == (not continues or begins_document)
+    assert max(int(r.max()) for r in reads) == 1
+    unread = {(s, int(i)) for s, r in enumerate(reads) for i in np.flatnonzero(r == 0)}
+    heads = set()
+    for g in range(4):
+        for blk in plan.blocks(0, g):
+            for p in blk.pieces:
+                heads |= {(p.shard, p.start * CHUNK + i) for i in range(phase)}
+    assert unread == heads
+
+
+def test_shifted_windows_resume_exactly_and_refuse_an_unshifted_state(
+    dataset: BuiltDataset,
+) -> None:
+    cfg = _cfg(shuffle_buffer_tokens=CHUNK * 20, window_shift="epoch")
+    args = {"seq_len": 16, "data_config": cfg}
+    # 4 streams of ~140 samples x 4 windows: 600 steps cross into epoch 1 (another phase)
+    n_before, n_after = 600, 8
+    with make_loader(dataset, **args) as loader:
+        reference = _steps(loader, n_before + n_after)
+    with make_loader(dataset, **args) as loader:
+        _steps(loader, n_before)
+        state = loader.state_dict()
+        assert state["layout"][2:] == [1]
+        assert {row[1] for row in state["streams"]} == {1}  # every stream is in epoch 1
+    with make_loader(dataset, **args) as resumed:
+        resumed.load_state_dict(state)
+        _assert_equal_steps(reference[n_before:], _steps(resumed, n_after))
+    unshifted = {"seq_len": 16, "data_config": _cfg(shuffle_buffer_tokens=CHUNK * 20)}
+    with (
+        make_loader(dataset, **unshifted) as other,
+        pytest.raises(LoaderStateError, match="window_shift"),
+    ):
+        other.load_state_dict(state)

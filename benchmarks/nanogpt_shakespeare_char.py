@@ -12,6 +12,7 @@ process, and compares both on the whole validation split.
     python benchmarks/nanogpt_shakespeare_char.py --runs 1        # the single-process run only
     python benchmarks/nanogpt_shakespeare_char.py --runs 1 --seeds 0,1,2   # seed-to-seed spread
     python benchmarks/nanogpt_shakespeare_char.py --runs 1 --seeds 0,1,2 --threads 1 --reference
+    python benchmarks/nanogpt_shakespeare_char.py --runs 1 --override data.window_shift=epoch
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def main() -> None:
         "--threads", type=int, help="CPU threads per process (default: the cores shared out)"
     )
     parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra experiment setting for our runs, e.g. data.window_shift=epoch (repeatable)",
+    )
+    parser.add_argument(
         "--reference",
         action="store_true",
         help="also train nanoGPT's recipe in plain PyTorch for each seed and compare",
@@ -63,6 +71,7 @@ def main() -> None:
                     f"train.micro_batch_size={12 // processes}",
                     f"train.seed={seed}",
                     f"data.seed={seed}",
+                    *args.override,
                 ],
                 processes=processes,
                 threads=args.threads,

@@ -9,6 +9,9 @@ one cache format for training and generation).
 With learned absolute positions the cache must hold the whole sequence (up to
 ``max_seq_len``); with relative or rotary positions a cache shorter than the sequence slides
 (the Transformer-XL evaluation regime).
+
+Sampling on top of this (temperature, top-k, top-p, stop ids, a seeded generator) is
+`pretrain.sampling.sample`.
 """
 
 from __future__ import annotations
@@ -35,41 +38,3 @@ def decode_step(
     size = default_cache_len(model) if cache_len is None else cache_len
     logits, new_cache = model(tokens, cache, mem_len=size)
     return logits, new_cache
-
-
-@torch.no_grad()
-def generate(
-    model: Decoder,
-    prompt: Tensor,
-    max_new_tokens: int,
-    *,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-    cache_len: int | None = None,
-) -> Tensor:
-    """Continue ``prompt`` (B, T0) by ``max_new_tokens`` -> (B, T0 + max_new_tokens).
-    ``temperature`` 0 is greedy; otherwise sample, optionally from the ``top_k`` logits."""
-    if not isinstance(model, Decoder):
-        raise TypeError(f"incremental decoding needs a Decoder, got {type(model).__name__}")
-    was_training = model.training
-    model.eval()
-    logits, cache = decode_step(model, prompt, None, cache_len=cache_len)  # prefill
-    out = [prompt]
-    for step in range(max_new_tokens):
-        last = logits[:, -1].float()  # (B, V)
-        if temperature == 0.0:
-            token = last.argmax(dim=-1, keepdim=True)  # (B, 1)
-        else:
-            last = last / temperature
-            if top_k is not None:
-                kth = last.topk(min(top_k, last.size(-1)), dim=-1).values[:, -1:]
-                last = last.masked_fill(last < kth, float("-inf"))
-            probs = last.softmax(dim=-1)
-            token = torch.multinomial(probs.cpu(), 1, generator=generator).to(prompt.device)
-        out.append(token)
-        if step == max_new_tokens - 1:
-            break  # the last token's logits are not needed
-        logits, cache = decode_step(model, token, cache, cache_len=cache_len)
-    model.train(was_training)
-    return torch.cat(out, dim=1)

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain.model import Decoder, Encoder, EncoderDecoder, generate
+from pretrain.model import Decoder, Encoder, EncoderDecoder
 from pretrain.model.attention import Positions
 from pretrain.model.decoding import decode_step
 from pretrain.objectives import causal_lm_loss
+from pretrain.sampling import SamplingConfig, sample
 from tests.models.common import VOCAB, tiny_model, tokens
 
 
@@ -201,20 +202,20 @@ def test_incremental_decoding_matches_a_full_pass(position: str) -> None:
     assert cache[0].shape == (2, 10, 32)
 
 
-def test_generate_greedy_equals_recomputing_without_cache() -> None:
+def test_greedy_sampling_equals_recomputing_without_cache() -> None:
     model = tiny_model(position="rotary", seed=3)
     assert isinstance(model, Decoder)
     prompt = tokens(2, 3)
-    out = generate(model, prompt, 6)
+    out = sample(model, prompt, SamplingConfig(max_new_tokens=6, temperature=0.0))
     naive = prompt
     for _ in range(6):
         logits, _ = model(naive)
         naive = torch.cat([naive, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    assert torch.equal(out, naive)
+    assert torch.equal(torch.cat([prompt, out], dim=1), naive)
 
 
 def test_learned_positions_refuse_to_decode_past_their_table() -> None:
     model = tiny_model(position="learned", max_seq_len=8)
     assert isinstance(model, Decoder)
-    with pytest.raises(ValueError, match="learned table"):
-        generate(model, tokens(1, 4), 6)  # feeds positions 0..8: one past the table
+    with pytest.raises(ValueError, match="learned position table"):
+        sample(model, tokens(1, 4), SamplingConfig(max_new_tokens=6))  # 10 > max_seq_len 8

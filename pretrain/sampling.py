@@ -67,12 +67,15 @@ def next_token(logits: Tensor, sampling: SamplingConfig, generator: torch.Genera
     return torch.multinomial(probs, 1, generator=generator).to(logits.device)
 
 
-def check_length(model: Decoder, total: int, cache_len: int) -> None:
-    """Learned absolute positions end at max_seq_len: refuse instead of failing mid-way."""
-    if model.config.position == "learned" and total > cache_len:
+def check_length(model: Decoder, prompt_len: int, max_new_tokens: int, cache_len: int) -> None:
+    """Learned absolute positions end at max_seq_len: refuse instead of failing mid-way. The
+    model is fed the prompt and every new token but the last, whose logits are not needed."""
+    fed = prompt_len + max(max_new_tokens - 1, 0)
+    if model.config.position == "learned" and fed > cache_len:
         raise ValueError(
-            f"prompt + max_new_tokens = {total} tokens exceeds this model's learned position "
-            f"table (max_seq_len {model.config.max_seq_len}); shorten the prompt or the output"
+            f"prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) - 1 = {fed} positions "
+            f"exceeds this model's learned position table (max_seq_len "
+            f"{model.config.max_seq_len}); shorten the prompt or the output"
         )
 
 
@@ -90,7 +93,7 @@ def sample(
         raise TypeError(f"generation needs a decoder, got a {model.config.family}")
     sampling.validate()
     size = default_cache_len(model) if cache_len is None else cache_len
-    check_length(model, prompt.size(1) + sampling.max_new_tokens, size)
+    check_length(model, prompt.size(1), sampling.max_new_tokens, size)
     generator = torch.Generator().manual_seed(sampling.seed)
     logits, cache = decode_step(model, prompt, None, cache_len=size)  # prefill
     done = torch.zeros(prompt.size(0), 1, dtype=torch.bool, device=prompt.device)

@@ -62,8 +62,9 @@ class Plan(Protocol):
     """What a `TokenStream` needs from an order: the units each stream reads in each epoch.
 
     A unit is a whole sample (``window_len`` None: the stream's text is its units' tokens
-    concatenated) or window ``w`` of a sample, tokens ``[w * window_len, ...)``: then every
-    segment is exactly one unit (see `ShuffledPlan`).
+    concatenated) or window ``w`` of a sample, tokens ``window_bounds(epoch, unit)`` (``[w *
+    window_len, ...)`` unless windows are shifted): then every segment is exactly one unit
+    (see `ShuffledPlan`).
     """
 
     num_streams: int
@@ -84,8 +85,9 @@ class Plan(Protocol):
         """The unit at planned index ``planned``."""
         ...
 
-    def continues(self, prev: Unit, cur: Unit) -> bool:
-        """Whether unit ``cur`` is the text right after unit ``prev``."""
+    def continues(self, prev: Unit, cur: Unit, epochs: tuple[int, int] = (0, 0)) -> bool:
+        """Whether unit ``cur`` is the text right after unit ``prev``; ``epochs``: the epochs
+        they were read in (where a window lies can depend on the epoch)."""
         ...
 
     def window_bounds(self, epoch: int, unit: Unit) -> tuple[int, int]:
@@ -195,7 +197,7 @@ class StreamPlan:
             offset += length
         raise IndexError(f"stream {stream} has no planned sample {planned} in epoch {epoch}")
 
-    def continues(self, prev: Unit, cur: Unit) -> bool:
+    def continues(self, prev: Unit, cur: Unit, epochs: tuple[int, int] = (0, 0)) -> bool:
         return self.is_continuation(prev[:2], cur[:2])
 
     def window_bounds(self, epoch: int, unit: Unit) -> tuple[int, int]:
@@ -223,10 +225,10 @@ class ShuffledPlan:
     * Units: with ``window_len`` = T <= chunk_len a sample is cut into W = ceil(chunk_len / T)
       windows, window w = tokens ``[w*T, w*T + read)`` (causal LM reads T + 1: the extra token
       is the sample's own next token, so a window's targets are right; a sample's last window
-      has one target fewer). Each step, a row is exactly one window, so a row never reads the
-      windows of one sample on consecutive steps unless the permutation puts them there. With
-      T > chunk_len (``window_len`` None) units are whole samples, concatenated as in
-      contiguous order.
+      has one target fewer; shifted windows, below, start later). Each step, a row is exactly
+      one window, so a row never reads the windows of one sample on consecutive steps unless
+      the permutation puts them there. With T > chunk_len (``window_len`` None) units are
+      whole samples, concatenated as in contiguous order.
     * Order: the range's pieces (whole shards, a partial one at either end) are grouped into
       consecutive blocks of at most ``block_samples`` samples (at least one piece each); the
       stream reads a block's pieces whole into memory, then hands out the block's units in a
@@ -279,7 +281,7 @@ class ShuffledPlan:
         return [self.window_len or 0, self.block_samples] + ([1] if self.shift_windows else [])
 
     def _make_phase(self, epoch: int) -> int:
-        if not self.shift_windows or self.window_len is None:
+        if not self.shift_windows or self.window_len is None:  # (None: for the type checker)
             return 0
         # Below the last window's length (T when T divides chunk_len), so that every window
         # starts inside its own sample.
@@ -387,8 +389,10 @@ class ShuffledPlan:
             utf8_bytes=sample.utf8_bytes,
         )
 
-    def continues(self, prev: Unit, cur: Unit) -> bool:
+    def continues(self, prev: Unit, cur: Unit, epochs: tuple[int, int] = (0, 0)) -> bool:
         (ps, pi, pw), (cs, ci, cw) = prev, cur
+        if self.phase(epochs[0]) != self.phase(epochs[1]):
+            return False  # shifted windows of two epochs do not meet end to end
         if cw > 0:
             return (ps, pi, pw) == (cs, ci, cw - 1)
         if pw != self.windows - 1:

@@ -119,7 +119,7 @@ class TokenStream:
         """Whether this unit is the text right after its planned predecessor (which is ``prev``
         when nothing was skipped; located in the plan after a restore)."""
         if prev is not None:
-            return self.plan.continues(prev.unit, unit)
+            return self.plan.continues(prev.unit, unit, (prev.epoch, epoch))
         if planned == 0 and epoch == 0:
             return False
         if planned > 0:
@@ -127,14 +127,16 @@ class TokenStream:
         else:
             prev_epoch = epoch - 1
             prev_planned = self.plan.stream_samples(prev_epoch, self.stream) - 1
-        return self.plan.continues(self.plan.locate(prev_epoch, self.stream, prev_planned), unit)
+        before = self.plan.locate(prev_epoch, self.stream, prev_planned)
+        return self.plan.continues(before, unit, (prev_epoch, epoch))
 
     def take(self, n: int, advance: int) -> tuple[np.ndarray, np.ndarray]:
         """The next ``n`` tokens and their document-start flags, then move ``advance`` <= n on.
 
         A one-pass stream near its end returns fewer than ``n`` (possibly none). With windows
         (``plan.window_len`` set, equal to ``advance``) it is the next window's tokens, up to
-        ``n`` of them from the window's start (fewer at the end of a sample).
+        ``n`` of them from the window's start, never past the window's end plus the lookahead
+        ``n - advance`` (fewer where the text read with the unit ends: `Plan.window_bounds`).
         """
         if self.plan.window_len:
             return self._take_window(n, self.plan.window_len)

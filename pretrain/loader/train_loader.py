@@ -106,6 +106,20 @@ class TrainLoader:
 
     def _set_order(self, order: Order) -> None:
         split = self.source.split
+        chunk_len = self.source.manifest.chunk_len
+        _, advance = self.collator.segment_tokens(self.seq_len)
+        if self.data_config.window_shift != "none" and (
+            order == "contiguous" or advance > chunk_len
+        ):
+            why = (
+                "contiguous order" if order == "contiguous" else f"seq_len > chunk_len {chunk_len}"
+            )
+            warnings.warn(
+                f"data.window_shift={self.data_config.window_shift} has no effect with {why}: "
+                "only shuffled windows of a sample are shifted",
+                UserWarning,
+                stacklevel=3,
+            )
         if order == "contiguous":
             self.plan = StreamPlan(
                 split.shards,
@@ -115,8 +129,6 @@ class TrainLoader:
             )
             self._layout: list[int] | None = None
         else:
-            chunk_len = self.source.manifest.chunk_len
-            _, advance = self.collator.segment_tokens(self.seq_len)
             window = advance if advance <= chunk_len else None
             if window is not None and chunk_len % window:
                 warnings.warn(

@@ -217,5 +217,7 @@ def test_greedy_sampling_equals_recomputing_without_cache() -> None:
 def test_learned_positions_refuse_to_decode_past_their_table() -> None:
     model = tiny_model(position="learned", max_seq_len=8)
     assert isinstance(model, Decoder)
+    # The last new token is never fed: 4 + 5 new tokens use positions 0..7, 4 + 6 need 8.
+    assert sample(model, tokens(1, 4), SamplingConfig(max_new_tokens=5)).shape == (1, 5)
     with pytest.raises(ValueError, match="learned position table"):
-        sample(model, tokens(1, 4), SamplingConfig(max_new_tokens=6))  # 10 > max_seq_len 8
+        sample(model, tokens(1, 4), SamplingConfig(max_new_tokens=6))

@@ -256,6 +256,37 @@ def to_dict(config: Any) -> Any:
     return config
 
 
+def without_defaults(schema: type, tree: Mapping[str, Any]) -> dict[str, Any]:
+    """``tree``, a config of ``schema`` as plain data (`to_dict`'s, or one recorded by an older
+    version), without the keys that hold their schema default, recursively: the choices its
+    author made. Two configs that differ only in keys added to the schema since, at their
+    defaults, are then equal. A key the schema no longer has is kept (it made a difference)."""
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    kept: dict[str, Any] = {}
+    for key, value in tree.items():
+        spec = fields.get(key)
+        if spec is None:
+            kept[key] = value
+            continue
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind) and isinstance(kind, type) and isinstance(value, Mapping):
+            chosen = without_defaults(kind, value)
+            if chosen:
+                kept[key] = chosen
+            continue
+        if spec.default is not dataclasses.MISSING:
+            default = spec.default
+        elif spec.default_factory is not dataclasses.MISSING:
+            default = spec.default_factory()
+        else:  # required: always a choice
+            kept[key] = value
+            continue
+        if to_dict(default) != value:
+            kept[key] = value
+    return kept
+
+
 def to_yaml(config: Any) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=False)
 

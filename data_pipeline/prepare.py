@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import multiprocessing as mp
 import sys
 import threading
@@ -21,10 +22,11 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any, TextIO
 
-from data_pipeline.configuration import to_dict
+from data_pipeline.configuration import to_dict, without_defaults
 from data_pipeline.manifest import (
     MANIFEST,
     build_manifest,
+    manifest_fingerprint,
     unit_marker_name,
     write_manifest,
 )
@@ -50,8 +52,25 @@ class PrepareResult:
     seconds: float
 
 
+def recipe(cfg: PrepareConfig | dict[str, Any]) -> dict[str, Any]:
+    """What identifies a dataset's recipe: its resolved config without the keys at their
+    defaults. A key added to the schema later (with a default that keeps the old behaviour)
+    then changes neither the recipe nor its hash, and outputs prepared before it are still
+    recognised as this config's. ``cfg`` may be a manifest's recorded config."""
+    tree = cfg if isinstance(cfg, dict) else to_dict(cfg)
+    return without_defaults(PrepareConfig, tree)
+
+
 def config_hash(cfg: PrepareConfig, tok: Tokenizer) -> str:
-    return hashlib.sha256(json_bytes({"config": to_dict(cfg), "tokenizer": tok.hash})).hexdigest()
+    """The hash unit markers carry: the recipe's and the tokenizer's."""
+    return hashlib.sha256(json_bytes({"config": recipe(cfg), "tokenizer": tok.hash})).hexdigest()
+
+
+def accepted_config_hashes(cfg: PrepareConfig, tok: Tokenizer) -> set[str]:
+    """`config_hash`, and the hash over the whole resolved config that markers written before
+    recipes carried (so outputs in progress then are still this config's)."""
+    whole = json_bytes({"config": to_dict(cfg), "tokenizer": tok.hash})
+    return {config_hash(cfg, tok), hashlib.sha256(whole).hexdigest()}
 
 
 def tokenizer_entry(cfg: PrepareConfig, tok: Tokenizer) -> dict[str, Any]:
@@ -64,26 +83,24 @@ def tokenizer_entry(cfg: PrepareConfig, tok: Tokenizer) -> dict[str, Any]:
     }
 
 
-def check_output(out: Output, cfg: PrepareConfig, tok: Tokenizer, chash: str) -> None:
-    """Refuse to mix datasets: an existing manifest or unit marker must come from this config."""
+def check_output(out: Output, cfg: PrepareConfig, tok: Tokenizer) -> None:
+    """Refuse to mix datasets: an existing manifest or unit marker must come from this config
+    (the same recipe: see `recipe`)."""
     if out.exists(MANIFEST):
-        old = out.read_json(MANIFEST)
-        new = to_dict(cfg)
-        if old.get("config") != new or old.get("tokenizer", {}).get("hash") != tok.hash:
-            keys = sorted(
-                k
-                for k in set(old.get("config", {})) | set(new)
-                if old.get("config", {}).get(k) != new.get(k)
-            )
-            if old.get("tokenizer", {}).get("hash") != tok.hash:
+        old_manifest = out.read_json(MANIFEST)
+        old, new = recipe(old_manifest.get("config", {})), recipe(cfg)
+        if old != new or old_manifest.get("tokenizer", {}).get("hash") != tok.hash:
+            keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            if old_manifest.get("tokenizer", {}).get("hash") != tok.hash:
                 keys.append("tokenizer hash")
             raise OutputConflictError(
                 f"{out.url}: already holds a manifest from a different config (differs in: "
                 f"{', '.join(keys)}); choose another output or delete it"
             )
+    accepted = accepted_config_hashes(cfg, tok)
     for name in out.list("_units")[:1]:
         marker = out.read_json(name)
-        if marker.get("config_hash") != chash:
+        if marker.get("config_hash") not in accepted:
             raise OutputConflictError(
                 f"{out.url}: holds work units ({name}) prepared with a different config or "
                 "tokenizer; choose another output or delete it"
@@ -108,7 +125,7 @@ def prepare(
     tok = Tokenizer.load(cfg.tokenizer)
     out = Output(cfg.output, cfg.storage_options)
     chash = config_hash(cfg, tok)
-    check_output(out, cfg, tok, chash)
+    check_output(out, cfg, tok)
     units = plan_units(cfg)
     mine = [u for u in units if u.index % num_tasks == task_index]
     committed = {name for name in out.list("_units")}
@@ -295,8 +312,7 @@ def finalize(
     """Build manifest.json from the unit markers; every unit must be committed."""
     tok = tok or Tokenizer.load(cfg.tokenizer)
     out = Output(cfg.output, cfg.storage_options)
-    chash = config_hash(cfg, tok)
-    check_output(out, cfg, tok, chash)
+    check_output(out, cfg, tok)
     units = units if units is not None else plan_units(cfg)
     committed = set(out.list("_units"))
     missing = [u.index for u in units if unit_marker_name(u.index) not in committed]
@@ -306,12 +322,21 @@ def finalize(
             f"{missing[:5]}); run the remaining `prepare --task-index` tasks first"
         )
     markers = [out.read_json(unit_marker_name(u.index)) for u in units]
-    if any(m.get("config_hash") != chash for m in markers):
+    accepted = accepted_config_hashes(cfg, tok)
+    if any(m.get("config_hash") not in accepted for m in markers):
         raise OutputConflictError(f"{out.url}: unit markers come from a different config")
-    manifest = build_manifest(
-        to_dict(cfg), tokenizer_entry(cfg, tok), tok.dtype, cfg.chunk_len, markers
-    )
-    fingerprint = write_manifest(out, manifest)
+    if out.exists(MANIFEST):
+        # Finalized before, from the same recipe (check_output): keep its bytes, so the
+        # fingerprint that loader states and stream plans hang on stays what it was, even if
+        # the resolved config has gained defaulted keys since.
+        data = out.read_bytes(MANIFEST)
+        manifest = json.loads(data)
+        fingerprint = manifest_fingerprint(data)
+    else:
+        manifest = build_manifest(
+            to_dict(cfg), tokenizer_entry(cfg, tok), tok.dtype, cfg.chunk_len, markers
+        )
+        fingerprint = write_manifest(out, manifest)
     out.remove_stale_temporaries()
     s = manifest["splits"]
     print(

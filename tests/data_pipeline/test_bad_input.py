@@ -5,6 +5,7 @@ earlier is lost."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import socket
@@ -13,10 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from data_pipeline import manifest_fingerprint
+from data_pipeline.configuration import to_dict, without_defaults
 from data_pipeline.manifest import unit_marker_name
 from data_pipeline.prepare import OutputConflictError, prepare
 from data_pipeline.readers import BadInputError
 from data_pipeline.schemas import PrepareConfig
+from data_pipeline.storage import json_bytes
+from data_pipeline.tokenizer import Tokenizer
 
 GOOD = [{"text": f"document number {i}: " + "to be or not to be. " * 20} for i in range(40)]
 
@@ -162,7 +167,7 @@ def test_output_holding_another_configs_manifest_is_refused(
     with pytest.raises(OutputConflictError, match=r"different config \(differs in: chunk_len"):
         prepare(recipe(chunk_len=32), workers=1, log=io.StringIO())
     assert Path(first.output, "manifest.json").read_bytes() == before
-    # The same config again is fine: every unit is committed, the manifest is rewritten equal.
+    # The same config again is fine: every unit is committed, the manifest is kept as it is.
     result = prepare(first, workers=1, log=io.StringIO())
     assert result.units_run == 0 and Path(first.output, "manifest.json").read_bytes() == before
 
@@ -177,3 +182,48 @@ def test_fail_policy_error_in_a_whole_file_unit_keeps_its_reason(
     cfg = recipe(source={"paths": [str(src)], "text_mode": "lines", "on_error": "fail"})
     with pytest.raises(BadInputError, match=r"^\S*bad\.txt\.gz:2: invalid_utf8 \(byte 0"):
         prepare(cfg, workers=1, log=io.StringIO())
+
+
+def test_an_output_recorded_before_a_defaulted_key_existed_is_still_this_recipes(
+    recipe: Callable[..., PrepareConfig],
+) -> None:
+    """A key added to the schema with a default (here split.validation_paths) neither makes
+    prepare refuse an output written before it existed nor changes that output's fingerprint:
+    the manifest is left byte for byte, and unit markers hashed over the whole resolved config
+    (as before recipes) are still recognised."""
+    cfg = recipe()
+    prepare(cfg, workers=1, log=io.StringIO())
+    out = Path(cfg.output)
+    manifest = json.loads((out / "manifest.json").read_bytes())
+    del manifest["config"]["split"]["validation_paths"]  # as an older version recorded it
+    older = json_bytes(manifest)
+    (out / "manifest.json").write_bytes(older)
+    tok = Tokenizer.load(cfg.tokenizer)
+    whole = json_bytes({"config": to_dict(cfg), "tokenizer": tok.hash})
+    marker_paths = sorted(out.glob("_units/*.json"))
+    assert marker_paths
+    for marker_path in marker_paths:
+        marker = json.loads(marker_path.read_bytes())
+        marker["config_hash"] = hashlib.sha256(whole).hexdigest()
+        marker_path.write_bytes(json_bytes(marker))
+    result = prepare(cfg, workers=1, log=io.StringIO())
+    assert result.units_run == 0
+    assert (out / "manifest.json").read_bytes() == older
+    assert result.fingerprint == manifest_fingerprint(older)
+    # A real difference is still one, named by its key, whatever the form it was recorded in.
+    with pytest.raises(OutputConflictError, match=r"differs in: split\)"):
+        prepare(recipe(split={"mode": "hash", "validation_fraction": 0.5}), log=io.StringIO())
+
+
+def test_without_defaults_keeps_only_the_choices() -> None:
+    tree = to_dict(PrepareConfig(name="x", output="o", tokenizer="t", chunk_len=32))
+    tree["split"]["validation_fraction"] = 0.25
+    tree["removed_key"] = 1  # a key this version does not know is a difference
+    assert without_defaults(PrepareConfig, tree) == {
+        "name": "x",
+        "output": "o",
+        "tokenizer": "t",
+        "chunk_len": 32,
+        "split": {"validation_fraction": 0.25},
+        "removed_key": 1,
+    }

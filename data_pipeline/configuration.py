@@ -256,6 +256,19 @@ def to_dict(config: Any) -> Any:
     return config
 
 
+def without_storage_options(tree: Any) -> Any:
+    """``tree`` (plain config data) without its ``storage_options`` mappings, at any depth.
+    fsspec options say how to reach the data (endpoints, often credentials), not what the data
+    is: they stay out of what is recorded next to the data (manifests, tokenizer artifacts)
+    and out of what identifies a recipe, so rotating a key changes nothing and no secret is
+    written to a bucket."""
+    if isinstance(tree, Mapping):
+        return {k: without_storage_options(v) for k, v in tree.items() if k != "storage_options"}
+    if isinstance(tree, list):
+        return [without_storage_options(v) for v in tree]
+    return tree
+
+
 def without_defaults(schema: type, tree: Mapping[str, Any]) -> dict[str, Any]:
     """``tree``, a config of ``schema`` as plain data (`to_dict`'s, or one recorded by an older
     version), without the keys that hold their schema default, recursively: the choices its

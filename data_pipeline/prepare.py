@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any, TextIO
 
-from data_pipeline.configuration import to_dict, without_defaults
+from data_pipeline.configuration import to_dict, without_defaults, without_storage_options
 from data_pipeline.manifest import (
     MANIFEST,
     build_manifest,
@@ -52,13 +52,20 @@ class PrepareResult:
     seconds: float
 
 
+def recorded_config(cfg: PrepareConfig) -> dict[str, Any]:
+    """The resolved config as the manifest records it: everything but storage options."""
+    recorded: dict[str, Any] = without_storage_options(to_dict(cfg))
+    return recorded
+
+
 def recipe(cfg: PrepareConfig | dict[str, Any]) -> dict[str, Any]:
-    """What identifies a dataset's recipe: its resolved config without the keys at their
+    """What identifies a dataset's recipe: its recorded config without the keys at their
     defaults. A key added to the schema later (with a default that keeps the old behaviour)
     then changes neither the recipe nor its hash, and outputs prepared before it are still
-    recognised as this config's. ``cfg`` may be a manifest's recorded config."""
+    recognised as this config's. ``cfg`` may be a manifest's recorded config (older manifests
+    recorded storage options too: they are left out here as well)."""
     tree = cfg if isinstance(cfg, dict) else to_dict(cfg)
-    return without_defaults(PrepareConfig, tree)
+    return without_defaults(PrepareConfig, without_storage_options(tree))
 
 
 def config_hash(cfg: PrepareConfig, tok: Tokenizer) -> str:
@@ -334,7 +341,7 @@ def finalize(
         fingerprint = manifest_fingerprint(data)
     else:
         manifest = build_manifest(
-            to_dict(cfg), tokenizer_entry(cfg, tok), tok.dtype, cfg.chunk_len, markers
+            recorded_config(cfg), tokenizer_entry(cfg, tok), tok.dtype, cfg.chunk_len, markers
         )
         fingerprint = write_manifest(out, manifest)
     out.remove_stale_temporaries()

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from data_pipeline.configuration import to_dict
+from data_pipeline.configuration import to_dict, without_storage_options
 from data_pipeline.readers import UnitReader
 from data_pipeline.schemas import TokenizerTrainingConfig
 from data_pipeline.sources import expand_sources
@@ -251,7 +251,7 @@ def train_tokenizer(cfg: TokenizerTrainingConfig, log: Any = sys.stderr) -> Toke
         "special_ids": special,
         "special_tokens": to_dict(cfg.special_tokens),
         "sample": stats,
-        "config": to_dict(cfg),
+        "config": without_storage_options(to_dict(cfg)),  # no endpoints or credentials
     }
     tok = Tokenizer(meta, model_bytes, cfg.output)
     meta["vocab_size"] = tok.vocab_size

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from data_pipeline import manifest_fingerprint
-from data_pipeline.configuration import to_dict, without_defaults
+from data_pipeline.configuration import to_dict, without_defaults, without_storage_options
 from data_pipeline.manifest import unit_marker_name
 from data_pipeline.prepare import OutputConflictError, prepare
 from data_pipeline.readers import BadInputError
@@ -227,3 +227,8 @@ def test_without_defaults_keeps_only_the_choices() -> None:
         "split": {"validation_fraction": 0.25},
         "removed_key": 1,
     }
+
+
+def test_storage_options_are_left_out_at_any_depth() -> None:
+    tree = {"storage_options": {"secret": "s"}, "source": {"paths": ["a"], "storage_options": {}}}
+    assert without_storage_options(tree) == {"source": {"paths": ["a"]}}

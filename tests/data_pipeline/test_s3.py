@@ -90,6 +90,18 @@ def test_prepare_writes_shards_and_manifest_to_s3(
     listed = {s["name"]: s["sha256"] for sp in manifest["splits"].values() for s in sp["shards"]}
     assert objects(s3_options, "datasets/clean") == listed and len(listed) > 3
     assert verify("s3://datasets/clean", s3_options) == {}
+    # Storage options (here the credentials and endpoint) are not written next to the data...
+    assert "storage_options" not in manifest["config"]
+    assert s3_options["client_kwargs"]["endpoint_url"] not in json.dumps(manifest)
+    # ...nor part of the recipe: other options (a rotated key would be one) reach the same
+    # output, which is recognised as done.
+    rotated = recipe(
+        output="s3://datasets/clean",
+        storage_options={**s3_options, "default_block_size": 1 << 20},
+        shard_bytes=131072,
+    )
+    again = prepare(rotated, workers=1, log=io.StringIO())
+    assert again.units_run == 0 and again.fingerprint == result.fingerprint
 
 
 @pytest.mark.slow

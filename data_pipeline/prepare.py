@@ -75,7 +75,8 @@ def config_hash(cfg: PrepareConfig, tok: Tokenizer) -> str:
 
 def accepted_config_hashes(cfg: PrepareConfig, tok: Tokenizer) -> set[str]:
     """`config_hash`, and the hash over the whole resolved config that markers written before
-    recipes carried (so outputs in progress then are still this config's)."""
+    recipes carried (so outputs in progress then are still this config's, as long as the
+    schema has not gained keys since; a finished output is recognised by its manifest)."""
     whole = json_bytes({"config": to_dict(cfg), "tokenizer": tok.hash})
     return {config_hash(cfg, tok), hashlib.sha256(whole).hexdigest()}
 
@@ -104,6 +105,9 @@ def check_output(out: Output, cfg: PrepareConfig, tok: Tokenizer) -> None:
                 f"{out.url}: already holds a manifest from a different config (differs in: "
                 f"{', '.join(keys)}); choose another output or delete it"
             )
+        # A finished dataset of this recipe: its markers may carry the hash of an older
+        # version's config form, which no longer matters (the manifest is kept as it is).
+        return
     accepted = accepted_config_hashes(cfg, tok)
     for name in out.list("_units")[:1]:
         marker = out.read_json(name)
@@ -328,10 +332,6 @@ def finalize(
             f"{out.url}: {len(missing)} of {len(units)} units are not committed yet (first: "
             f"{missing[:5]}); run the remaining `prepare --task-index` tasks first"
         )
-    markers = [out.read_json(unit_marker_name(u.index)) for u in units]
-    accepted = accepted_config_hashes(cfg, tok)
-    if any(m.get("config_hash") not in accepted for m in markers):
-        raise OutputConflictError(f"{out.url}: unit markers come from a different config")
     if out.exists(MANIFEST):
         # Finalized before, from the same recipe (check_output): keep its bytes, so the
         # fingerprint that loader states and stream plans hang on stays what it was, even if
@@ -340,6 +340,10 @@ def finalize(
         manifest = json.loads(data)
         fingerprint = manifest_fingerprint(data)
     else:
+        markers = [out.read_json(unit_marker_name(u.index)) for u in units]
+        accepted = accepted_config_hashes(cfg, tok)
+        if any(m.get("config_hash") not in accepted for m in markers):
+            raise OutputConflictError(f"{out.url}: unit markers come from a different config")
         manifest = build_manifest(
             recorded_config(cfg), tokenizer_entry(cfg, tok), tok.dtype, cfg.chunk_len, markers
         )

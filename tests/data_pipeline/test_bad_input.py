@@ -11,6 +11,7 @@ import json
 import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -184,28 +185,33 @@ def test_fail_policy_error_in_a_whole_file_unit_keeps_its_reason(
         prepare(cfg, workers=1, log=io.StringIO())
 
 
+def _rehash_markers(out: Path, config: dict[str, Any], tokenizer_hash: str) -> None:
+    """Give every unit marker the hash an older version computed over ``config``."""
+    digest = hashlib.sha256(json_bytes({"config": config, "tokenizer": tokenizer_hash}))
+    marker_paths = sorted(out.glob("_units/*.json"))
+    assert marker_paths
+    for marker_path in marker_paths:
+        marker = json.loads(marker_path.read_bytes())
+        marker["config_hash"] = digest.hexdigest()
+        marker_path.write_bytes(json_bytes(marker))
+
+
 def test_an_output_recorded_before_a_defaulted_key_existed_is_still_this_recipes(
     recipe: Callable[..., PrepareConfig],
 ) -> None:
     """A key added to the schema with a default (here split.validation_paths) neither makes
     prepare refuse an output written before it existed nor changes that output's fingerprint:
-    the manifest is left byte for byte, and unit markers hashed over the whole resolved config
-    (as before recipes) are still recognised."""
+    the manifest is left byte for byte, whatever hash its markers carry. Unfinished, markers
+    hashed over the whole resolved config (as before recipes) are still recognised."""
     cfg = recipe()
     prepare(cfg, workers=1, log=io.StringIO())
     out = Path(cfg.output)
+    tok = Tokenizer.load(cfg.tokenizer)
     manifest = json.loads((out / "manifest.json").read_bytes())
     del manifest["config"]["split"]["validation_paths"]  # as an older version recorded it
     older = json_bytes(manifest)
     (out / "manifest.json").write_bytes(older)
-    tok = Tokenizer.load(cfg.tokenizer)
-    whole = json_bytes({"config": to_dict(cfg), "tokenizer": tok.hash})
-    marker_paths = sorted(out.glob("_units/*.json"))
-    assert marker_paths
-    for marker_path in marker_paths:
-        marker = json.loads(marker_path.read_bytes())
-        marker["config_hash"] = hashlib.sha256(whole).hexdigest()
-        marker_path.write_bytes(json_bytes(marker))
+    _rehash_markers(out, manifest["config"], tok.hash)  # over the older, shorter config
     result = prepare(cfg, workers=1, log=io.StringIO())
     assert result.units_run == 0
     assert (out / "manifest.json").read_bytes() == older
@@ -213,6 +219,16 @@ def test_an_output_recorded_before_a_defaulted_key_existed_is_still_this_recipes
     # A real difference is still one, named by its key, whatever the form it was recorded in.
     with pytest.raises(OutputConflictError, match=r"differs in: split\)"):
         prepare(recipe(split={"mode": "hash", "validation_fraction": 0.5}), log=io.StringIO())
+    # Unfinished (no manifest yet) with markers of the whole current config: finalized.
+    (out / "manifest.json").unlink()
+    _rehash_markers(out, to_dict(cfg), tok.hash)
+    assert prepare(cfg, workers=1, log=io.StringIO()).units_run == 0
+    assert (out / "manifest.json").exists()
+    # ...but markers of another config are not.
+    (out / "manifest.json").unlink()
+    _rehash_markers(out, manifest["config"], tok.hash)
+    with pytest.raises(OutputConflictError, match="prepared with a different config"):
+        prepare(cfg, workers=1, log=io.StringIO())
 
 
 def test_without_defaults_keeps_only_the_choices() -> None:

@@ -187,7 +187,13 @@ def test_killing_one_nodes_agent_ends_the_other_node(char_manifest: Path, tmp_pa
     code = nodes[0].wait(FAIL_WITHIN_S)
     assert code != 0, nodes[0].output()
     assert time.monotonic() - killed_at < FAIL_WITHIN_S
-    assert "ChildFailedError" in nodes[0].output() or "FAILED" in nodes[0].output()
+    # How the surviving node learns of it depends on who hosts the c10d store: its own rank
+    # fails (ChildFailedError / FAILED), or, when the killed node's agent held the store (both
+    # agents are on localhost, either may win the rendezvous), its agent loses the store.
+    out = nodes[0].output()
+    assert any(
+        sign in out for sign in ("ChildFailedError", "FAILED", "RendezvousConnectionError")
+    ), out
 
 
 def _has_rank(launch: Launch, rank: int) -> bool:

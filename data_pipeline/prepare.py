@@ -91,11 +91,12 @@ def tokenizer_entry(cfg: PrepareConfig, tok: Tokenizer) -> dict[str, Any]:
     }
 
 
-def check_output(out: Output, cfg: PrepareConfig, tok: Tokenizer) -> None:
+def check_output(out: Output, cfg: PrepareConfig, tok: Tokenizer) -> bytes | None:
     """Refuse to mix datasets: an existing manifest or unit marker must come from this config
-    (the same recipe: see `recipe`)."""
+    (the same recipe: see `recipe`). Returns the existing manifest's bytes, if any."""
     if out.exists(MANIFEST):
-        old_manifest = out.read_json(MANIFEST)
+        data = out.read_bytes(MANIFEST)
+        old_manifest = json.loads(data)
         old, new = recipe(old_manifest.get("config", {})), recipe(cfg)
         if old != new or old_manifest.get("tokenizer", {}).get("hash") != tok.hash:
             keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -107,7 +108,7 @@ def check_output(out: Output, cfg: PrepareConfig, tok: Tokenizer) -> None:
             )
         # A finished dataset of this recipe: its markers may carry the hash of an older
         # version's config form, which no longer matters (the manifest is kept as it is).
-        return
+        return data
     accepted = accepted_config_hashes(cfg, tok)
     for name in out.list("_units")[:1]:
         marker = out.read_json(name)
@@ -116,6 +117,7 @@ def check_output(out: Output, cfg: PrepareConfig, tok: Tokenizer) -> None:
                 f"{out.url}: holds work units ({name}) prepared with a different config or "
                 "tokenizer; choose another output or delete it"
             )
+    return None
 
 
 # -- the job ------------------------------------------------------------------------------
@@ -323,7 +325,7 @@ def finalize(
     """Build manifest.json from the unit markers; every unit must be committed."""
     tok = tok or Tokenizer.load(cfg.tokenizer)
     out = Output(cfg.output, cfg.storage_options)
-    check_output(out, cfg, tok)
+    existing = check_output(out, cfg, tok)
     units = units if units is not None else plan_units(cfg)
     committed = set(out.list("_units"))
     missing = [u.index for u in units if unit_marker_name(u.index) not in committed]
@@ -332,13 +334,12 @@ def finalize(
             f"{out.url}: {len(missing)} of {len(units)} units are not committed yet (first: "
             f"{missing[:5]}); run the remaining `prepare --task-index` tasks first"
         )
-    if out.exists(MANIFEST):
+    if existing is not None:
         # Finalized before, from the same recipe (check_output): keep its bytes, so the
         # fingerprint that loader states and stream plans hang on stays what it was, even if
         # the resolved config has gained defaulted keys since.
-        data = out.read_bytes(MANIFEST)
-        manifest = json.loads(data)
-        fingerprint = manifest_fingerprint(data)
+        manifest = json.loads(existing)
+        fingerprint = manifest_fingerprint(existing)
     else:
         markers = [out.read_json(unit_marker_name(u.index)) for u in units]
         accepted = accepted_config_hashes(cfg, tok)

@@ -129,7 +129,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--corpus", default="../shared/data/wikitext-2/valid.txt")
+    ap.add_argument("--corpus", default="corpora/wikitext-2/valid.txt")
     ap.add_argument(
         "--copies", type=int, default=4, help="corpus = this many copies (MB/s needs size)"
     )

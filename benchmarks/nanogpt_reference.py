@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.reproduction import mean_std
 
 CORPUS = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+    Path(__file__).resolve().parents[1] / "corpora" / "tinyshakespeare" / "input.txt"
 )
 
 

@@ -10,20 +10,12 @@ from data_pipeline.configuration import load_config
 from pretrain.config import ExperimentConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+CORPORA = REPO_ROOT / "corpora"  # the real corpora the repository ships
 
 
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    """The bundled real corpora (tinyshakespeare, WikiText-2, Gutenberg) beside the checkout."""
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"the bundled corpora are missing: expected {SHARED_DATA}")
-    return SHARED_DATA
 
 
 def tiny_experiment(tmp_path: Path, *overrides: str) -> ExperimentConfig:

@@ -17,7 +17,7 @@ from data_pipeline.tokenizer import Tokenizer
 from data_pipeline.tokenizer_training import train_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED = REPO_ROOT.parent / "shared" / "data"
+CORPORA = REPO_ROOT / "corpora"
 
 
 def cli_env() -> dict[str, str]:
@@ -38,16 +38,14 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import gzip
     import json
 
-    if not SHARED.is_dir():
-        pytest.fail(f"the bundled corpora are missing: expected {SHARED}")
     d = tmp_path_factory.mktemp("corpus")
     (d / "shakespeare.txt").write_bytes(
-        (SHARED / "tinyshakespeare" / "input.txt").read_bytes()[:200_000]
+        (CORPORA / "tinyshakespeare" / "input.txt").read_bytes()[:200_000]
     )
-    wiki = (SHARED / "wikitext-2" / "valid.txt").read_bytes()[:200_000]
+    wiki = (CORPORA / "wikitext-2" / "valid.txt").read_bytes()[:200_000]
     (d / "wikitext.txt").write_bytes(wiki[: wiki.rfind(b"\n") + 1])
     books = []
-    with gzip.open(SHARED / "gutenberg" / "gutenberg.jsonl.gz", "rt", encoding="utf-8") as f:
+    with gzip.open(CORPORA / "gutenberg" / "gutenberg-8.jsonl.gz", "rt", encoding="utf-8") as f:
         for line in f:
             rec = json.loads(line)
             rec["text"] = rec["text"][:60_000]

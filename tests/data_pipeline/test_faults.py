@@ -21,7 +21,7 @@ from data_pipeline.prepare import prepare
 from data_pipeline.schemas import PrepareConfig
 from data_pipeline.verify import verify
 
-from .conftest import SHARED, cli, cli_env
+from .conftest import CORPORA, cli, cli_env
 
 
 def sha_by_name(manifest: dict) -> dict[str, str]:
@@ -34,7 +34,7 @@ def sha_by_name(manifest: dict) -> dict[str, str]:
 def test_sigkill_midway_then_rerun_is_byte_identical(
     recipe: Callable[..., PrepareConfig], tmp_path: Path
 ) -> None:
-    source = SHARED / "tinyshakespeare" / "input.txt"
+    source = CORPORA / "tinyshakespeare" / "input.txt"
     cfg = recipe(source={"paths": [str(source)]}, unit_bytes=16384, shard_bytes=16384)
     prepare(cfg, workers=2, log=io.StringIO())
     out = Path(cfg.output)

@@ -24,7 +24,7 @@ from data_pipeline.prepare import prepare
 from data_pipeline.schemas import PrepareConfig
 from data_pipeline.verify import verify
 
-from .conftest import SHARED, cli, cli_env
+from .conftest import CORPORA, cli, cli_env
 
 pytestmark = pytest.mark.s3
 s3fs = pytest.importorskip("s3fs", reason="s3fs is needed to talk to the moto S3 server")
@@ -108,7 +108,7 @@ def test_prepare_writes_shards_and_manifest_to_s3(
 def test_interrupted_upload_leaves_no_object_under_a_final_key(
     recipe: Callable[..., PrepareConfig], s3_options: dict[str, Any], tmp_path: Path
 ) -> None:
-    source = str(SHARED / "tinyshakespeare" / "input.txt")
+    source = str(CORPORA / "tinyshakespeare" / "input.txt")
     clean = recipe(
         source={"paths": [source]},
         output="s3://datasets/ref",

@@ -16,8 +16,6 @@ PREPARED_CHARS = 48_000  # of tinyshakespeare: ~700 samples of 64 tokens, a few 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> BuiltDataset:
     """~550 train samples of 64 tokens in 12 shards over 2 units; 69 validation samples."""
-    if not TINYSHAKESPEARE.exists():
-        pytest.skip(f"corpus {TINYSHAKESPEARE} is missing (see ../shared/data/README.md)")
     return build_dataset(tmp_path_factory.mktemp("shards"))
 
 

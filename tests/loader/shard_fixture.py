@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import webdataset as wds
 
-from tests.conftest import SHARED_DATA
+from tests.conftest import CORPORA
 
-TINYSHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
+TINYSHAKESPEARE = CORPORA / "tinyshakespeare" / "input.txt"
 PAD, BOS, EOS, UNK, MASK = 256, 257, 258, 259, 260
 SENTINELS = list(range(261, 261 + 32))
 VOCAB_SIZE = 261 + 32

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, SHARED_DATA
+from tests.conftest import CORPORA, REPO_ROOT
 from tests.helpers.prepared_data import prepare_char_dataset
 
 SLICE_CHARS = 60_000
@@ -16,7 +16,7 @@ SLICE_CHARS = 60_000
 
 @pytest.fixture(scope="session")
 def char_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    text = (SHARED_DATA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    text = (CORPORA / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
     return prepare_char_dataset(tmp_path_factory.mktemp("char_data"), text[:SLICE_CHARS])
 
 

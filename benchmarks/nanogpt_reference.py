@@ -42,9 +42,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.reproduction import mean_std
 
-CORPUS = (
-    Path(__file__).resolve().parents[1] / "corpora" / "tinyshakespeare" / "input.txt"
-)
+CORPUS = Path(__file__).resolve().parents[1] / "corpora" / "tinyshakespeare" / "input.txt"
 
 
 # -- The model: nanoGPT's GPT with bias=False and dropout 0 -------------------------------------

@@ -13,10 +13,23 @@ import os
 import sys
 from collections.abc import Sequence
 
-from data_pipeline.config_cli import add_config_arguments, resolve_config
+from data_pipeline.config_cli import (
+    HelpFormatter,
+    add_config_arguments,
+    parse_arguments,
+    resolve_config,
+)
+from data_pipeline.console import (
+    add_console_arguments,
+    add_verbosity_arguments,
+    setup_console,
+    verbosity,
+)
 from data_pipeline.readers import BadInputError
 from data_pipeline.schemas import PrepareConfig, TokenizerTrainingConfig
 from data_pipeline.sources import SourceError
+
+RECIPE_EXAMPLE = "chunk_len=1024 output=runs/data/mine"
 
 EXAMPLES = {
     "train-tokenizer": """examples:
@@ -47,8 +60,9 @@ def _sub(subs: argparse._SubParsersAction, name: str, help_text: str) -> argpars
         help=help_text,
         description=help_text,
         epilog=EXAMPLES[name],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    add_verbosity_arguments(parser)
     return parser
 
 
@@ -57,25 +71,32 @@ def build_parser() -> argparse.ArgumentParser:
         prog="data-pipeline",
         description="Prepare corpora offline: train a tokenizer, write WebDataset shards.",
         epilog=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    add_console_arguments(parser, "data-pipeline")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = _sub(
         subs, "train-tokenizer", "Train a sentencepiece or HF tokenizer into an artifact directory."
     )
-    add_config_arguments(p, config_help="tokenizer config (configs/tokenizer/*.yaml)")
+    add_config_arguments(
+        p,
+        config_help="tokenizer config (configs/tokenizer/*.yaml)",
+        override_example="vocab_size=4000 kind=hf_bpe",
+    )
     p.set_defaults(handler=_train_tokenizer)
 
     p = _sub(
         subs, "prepare", "Tokenize, pack and shard a corpus (resumable; skips committed units)."
     )
-    add_config_arguments(p, config_help="data recipe (configs/data/*.yaml)")
+    add_config_arguments(
+        p, config_help="data recipe (configs/data/*.yaml)", override_example=RECIPE_EXAMPLE
+    )
     p.add_argument(
         "--workers",
         type=int,
-        default=os.cpu_count() or 1,
-        help="worker processes (default: CPU count)",
+        default=usable_cpus(),
+        help="worker processes; by default one per CPU this process may run on",
     )
     p.add_argument(
         "--num-tasks",
@@ -87,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_prepare)
 
     p = _sub(subs, "finalize", "Write manifest.json once every task's units are committed.")
-    add_config_arguments(p, config_help="data recipe (configs/data/*.yaml)")
+    add_config_arguments(
+        p, config_help="data recipe (configs/data/*.yaml)", override_example=RECIPE_EXAMPLE
+    )
     p.set_defaults(handler=_finalize)
 
     p = _sub(subs, "inspect", "Summarize a prepared dataset: tokens, documents, shards, samples.")
@@ -105,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_verify)
     return parser
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use (its affinity: a SLURM allocation or a taskset), not all of
+    the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _fail(err: Exception) -> int:
@@ -178,7 +210,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
+    setup_console(verbosity(args))
     code: int = args.handler(args)
     return code
 

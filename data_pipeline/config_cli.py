@@ -5,21 +5,46 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from collections.abc import Sequence
 from typing import TypeVar
 
 from data_pipeline.configuration import ConfigError, load_config, save_config, to_yaml
 
 T = TypeVar("T")
 
-OVERRIDES_HELP = (
-    "dotted overrides, e.g. train.lr=3e-4 model.n_layers=2 (type-checked like the file)"
-)
+OVERRIDE = re.compile(r"^[A-Za-z_][\w.-]*=")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, *, config_help: str) -> None:
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written, and each option's default shown in its help (where it has one
+    worth showing: not for flags, which are off, nor for options that are unset by default)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.option_strings
+            and not any(default is unset for unset in (None, False, argparse.SUPPRESS))
+            and "%(default)" not in text
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def add_config_arguments(
+    parser: argparse.ArgumentParser, *, config_help: str, override_example: str
+) -> None:
+    """CONFIG, KEY=VALUE overrides (``override_example`` shows the command's own keys), and
+    ``--print-config``/``--save-config``."""
     parser.add_argument("config", metavar="CONFIG", help=config_help)
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help=f"dotted overrides, e.g. {override_example} (type-checked like the file)",
+    )
     parser.add_argument(
         "--print-config",
         action="store_true",
@@ -28,6 +53,24 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, config_help: str) -
     parser.add_argument(
         "--save-config", metavar="PATH", help="also write the resolved config to PATH"
     )
+
+
+def parse_arguments(
+    parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> argparse.Namespace:
+    """Parse with overrides and options in any order (``prepare CONFIG --workers 2 k=v``).
+
+    argparse hands a subcommand's ``nargs="*"`` positional only the run of words right after
+    CONFIG, so an override after an option is left over; those are appended, in order, to the
+    overrides. Anything else left over is the usual usage error.
+    """
+    args, rest = parser.parse_known_args(argv)
+    strays = [word for word in rest if not OVERRIDE.match(word)]
+    if strays or (rest and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(strays or rest)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
+    return args
 
 
 def resolve_config(schema: type[T], args: argparse.Namespace) -> T | None:

@@ -12,6 +12,18 @@ import time
 from typing import Any, TextIO
 
 
+def eta(elapsed_s: float, done: float, total: float) -> str:
+    """Time left at the pace so far, as ``1h02m``, ``4m05s`` or ``12s``; ``?`` before any work."""
+    if done <= 0 or total <= 0:
+        return "?"
+    left = max(0.0, elapsed_s / done * (total - done))
+    minutes, seconds = divmod(round(left), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
 class Progress:
     def __init__(
         self, label: str, total_units: int, stream: TextIO = sys.stderr, every_s: float = 2.0
@@ -48,7 +60,8 @@ class Progress:
             f"[{self.label}] units {self.units}/{self.total_units} | "
             f"documents {self.documents:,} | "
             f"tokens {self.tokens:,} | {self.bytes_in / 1e6:.1f} MB in, "
-            f"{self.bytes_in / 1e6 / elapsed:.2f} MB/s | {elapsed:.1f}s"
+            f"{self.bytes_in / 1e6 / elapsed:.2f} MB/s | {elapsed:.1f}s | "
+            f"ETA {eta(elapsed, self.units, self.total_units)}"
         )
 
     def drain(self, q: Any, stop: threading.Event) -> threading.Thread:

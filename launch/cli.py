@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from data_pipeline.config_cli import HelpFormatter
 from data_pipeline.configuration import ConfigError, load_config
+from data_pipeline.console import add_console_arguments, setup_console, verbosity
 from launch import preflight
 from launch.backends import render
 from launch.config import ClusterConfig
 from launch.script import Job
+
+logger = logging.getLogger(__name__)
 
 EPILOG = """examples:
   # laptop / one node: 2 processes (CPU here; on a GPU node set nproc_per_node to the GPUs)
@@ -52,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
         "renders a plain bash script, written under the profile's output_dir and then run "
         "(local, torchrun, deepspeed) or submitted with sbatch (slurm); --dry-run prints it.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    add_console_arguments(parser, "pretrain-launch")
     parser.add_argument("cluster", metavar="CLUSTER", help="cluster profile (configs/cluster/)")
     parser.add_argument(
         "rest",
@@ -119,6 +125,13 @@ def split_rest(rest: list[str]) -> tuple[str | None, list[str], list[str]]:
     return experiment, [item for item in rest if item not in ours], ours
 
 
+def experiment_name(experiment: str, overrides: list[str]) -> str:
+    """The experiment's ``name``, which names its launch script and SLURM job."""
+    from pretrain.config import ExperimentConfig  # torch-free, like this module
+
+    return load_config(ExperimentConfig, experiment, overrides).name
+
+
 def script_path(job: Job, given: str | None) -> Path:
     if given:
         return Path(given).resolve()
@@ -131,7 +144,7 @@ def script_path(job: Job, given: str | None) -> Path:
 def execute(job: Job, path: Path, wait: bool) -> int:
     if job.cluster.backend == "slurm":
         cmd = ["sbatch", "--parsable", *(["--wait"] if wait else []), str(path)]
-        print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+        logger.info("+ %s", " ".join(cmd))
         return subprocess.run(cmd, check=False).returncode
     # exec: this process becomes the script (and the script torchrun), so a signal sent to
     # pretrain-launch reaches the ranks and the exit code is the job's.
@@ -143,6 +156,7 @@ def execute(job: Job, path: Path, wait: bool) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     # Intermixed: trainer overrides may follow the flags (`... --nnodes 2 train.lr=1e-3`).
     args = build_parser().parse_intermixed_args(argv)
+    setup_console(verbosity(args))
     experiment, overrides, cluster_keys = split_rest(args.rest)
     try:
         cluster = load_config(ClusterConfig, args.cluster, cluster_keys + cluster_overrides(args))
@@ -152,7 +166,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if experiment is None:
         print(f"{args.cluster}: valid ({cluster.backend}, {cluster.nnodes} node(s))")
         return 0
-    job = Job(cluster, str(Path(experiment).resolve()), overrides)
+    if not cluster.job_name:
+        try:
+            cluster.job_name = experiment_name(experiment, overrides)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    job = Job(cluster, str(Path(experiment).resolve()), overrides, verbosity=verbosity(args))
     text = render(job)
     if args.dry_run:
         sys.stdout.write(text)
@@ -167,7 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     path.chmod(0o755)
-    print(f"pretrain-launch: running {path}", file=sys.stderr, flush=True)
+    logger.info("running %s", path)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
     return execute(job, path, args.wait)
 
 

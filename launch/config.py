@@ -17,7 +17,7 @@ SlurmLauncher = Literal["torchrun", "deepspeed"]
 @dataclass
 class ClusterConfig:
     backend: Backend = "local"
-    job_name: str = "pretrain"
+    job_name: str = ""  # empty: the experiment's name (scripts and SLURM jobs are named by it)
     nnodes: int = 1
     nproc_per_node: int = 1
     gpus_per_node: int = 0  # 0 on CPU-only machines (DS_ACCELERATOR=cpu, gloo)

@@ -27,10 +27,13 @@ class Job:
     experiment: str  # path of the experiment YAML
     overrides: list[str] = field(default_factory=list)
     workdir: Path = field(default_factory=Path.cwd)
+    verbosity: int = 0  # pretrain-launch's -q/-v, passed on to every rank
 
     def train_args(self) -> list[str]:
         """``-m pretrain.cli train CONFIG k=v ...`` as a launcher passes it on."""
         args = ["pretrain.cli", "train", self.experiment, *self.overrides]
+        if self.verbosity:
+            args.append("-" + ("v" if self.verbosity > 0 else "q") * abs(self.verbosity))
         if self.cluster.dist_timeout_s is not None:
             args.append(f"engine.dist_timeout_s={self.cluster.dist_timeout_s}")
         return args

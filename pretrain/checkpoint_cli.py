@@ -13,6 +13,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from data_pipeline.config_cli import HelpFormatter
+from data_pipeline.console import add_verbosity_arguments
+
 Handler = Callable[[argparse.Namespace], int]
 
 
@@ -164,7 +167,9 @@ def generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prompt", default="", help="text to continue (default: a new document)")
     parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=200, help="tokens to generate per sample"
+    )
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     parser.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
     parser.add_argument("--top-p", type=float, help="sample from the nucleus of probability p")
@@ -177,7 +182,9 @@ def generate_arguments(parser: argparse.ArgumentParser) -> None:
         "max(mem_len, max_seq_len); learned positions: max_seq_len)",
     )
     parser.add_argument("--stop-at-eos", action="store_true", help="stop at end of document")
-    parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="fp32")
+    parser.add_argument(
+        "--precision", choices=["bf16", "fp16", "fp32"], default="fp32", help="compute dtype"
+    )
     parser.add_argument("--tokenizer", metavar="PATH", help="tokenizer artifact override")
     parser.add_argument("--json", action="store_true", help="print JSON (ids and text)")
 
@@ -223,27 +230,8 @@ def add_checkpoint_commands(commands: Any) -> None:
             help=summary,
             description=description,
             epilog=examples,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
+            formatter_class=HelpFormatter,
         )
         add(parser)
-        _intermix(parser)
+        add_verbosity_arguments(parser)
         parser.set_defaults(handler=_guarded(name))
-
-
-def _intermix(parser: argparse.ArgumentParser) -> None:
-    """Let ``key=value`` overrides come after options (``CKPT --step 8 train.seq_len=32``).
-    Plain argparse gives the ``nargs='*'`` positional its (empty) share at the first positional
-    and then rejects later ones; intermixed parsing collects positionals wherever they are."""
-    inside = False
-
-    def parse_known_args(args: Any = None, namespace: Any = None) -> Any:
-        nonlocal inside
-        if inside:  # parse_known_intermixed_args calls back into parse_known_args
-            return argparse.ArgumentParser.parse_known_args(parser, args, namespace)
-        inside = True
-        try:
-            return parser.parse_known_intermixed_args(args, namespace)
-        finally:
-            inside = False
-
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]

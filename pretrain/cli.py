@@ -10,7 +10,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from data_pipeline.config_cli import add_config_arguments, resolve_config
+from data_pipeline.config_cli import (
+    HelpFormatter,
+    add_config_arguments,
+    parse_arguments,
+    resolve_config,
+)
+from data_pipeline.console import (
+    add_console_arguments,
+    add_verbosity_arguments,
+    setup_console,
+    verbosity,
+)
 from pretrain.checkpoint_cli import add_checkpoint_commands
 from pretrain.config import ExperimentConfig
 
@@ -77,12 +88,21 @@ def _add_plan(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         "each ZeRO stage and offload choice, activations with and without activation "
         "checkpointing, and the largest micro-batch that fits.",
         epilog=PLAN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    add_config_arguments(plan, config_help="experiment YAML (e.g. configs/experiments/*.yaml)")
+    _add_experiment_arguments(plan)
     plan.add_argument("--gpus", type=int, default=1, help="GPUs in the job (data parallel)")
     plan.add_argument("--gpu-memory", default="80GB", help="memory of one GPU, e.g. 80GB")
     plan.set_defaults(handler=_run_plan)
+
+
+def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(
+        parser,
+        config_help="experiment YAML (e.g. configs/experiments/*.yaml)",
+        override_example="train.lr=3e-4 model.n_layers=2",
+    )
+    add_verbosity_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,8 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pretrain",
         description="Pretrain Transformer language models with DeepSpeed ZeRO-3.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
+    add_console_arguments(parser, "pretrain")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     config = commands.add_parser(
         "config",
@@ -99,9 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Resolve an experiment config (bases and overrides), validate it, and print "
         "or save the result.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    add_config_arguments(config, config_help="experiment YAML (e.g. configs/experiments/*.yaml)")
+    _add_experiment_arguments(config)
     config.set_defaults(handler=_run_config)
     train = commands.add_parser(
         "train",
@@ -110,9 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint in checkpoint.dir unless train.resume=never. SIGTERM or SIGUSR1 saves a "
         "checkpoint at the next step and exits with code 75.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    add_config_arguments(train, config_help="experiment YAML (e.g. configs/experiments/*.yaml)")
+    _add_experiment_arguments(train)
     train.set_defaults(handler=_run_train)
     _add_plan(commands)
     # evaluate, export, generate: using checkpoints after training (pretrain/checkpoint_cli.py)
@@ -121,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(build_parser(), argv)
+    setup_console(verbosity(args))
     code: int = args.handler(args)
     _leave_process_group()
     return code

@@ -8,6 +8,7 @@ checked on any machine.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -211,7 +212,7 @@ class EngineConfig:
 
 @dataclass
 class CheckpointConfig:
-    dir: str = "runs/checkpoints"
+    dir: str = ""  # empty: runs/<experiment name>/checkpoints, so experiments never share one
     every_steps: int = 500
     keep_last: int = 3
 
@@ -226,10 +227,13 @@ class CheckpointConfig:
 class TrackingConfig:
     enabled: bool = True
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else MLflow's local default store
-    experiment: str = "pretrain"
+    experiment: str = ""  # empty: the experiment's name
     artifact_location: str | None = None  # for a new experiment; None: the store's default
     run_name: str | None = None
     peak_flops_per_device: float = 989e12  # for MFU; H100/H200 dense bf16
+
+
+EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass
@@ -245,6 +249,15 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> None:
+        if not EXPERIMENT_NAME.fullmatch(self.name):
+            raise ValueError(
+                f"name {self.name!r} names the run's folders: use letters, digits, '.', '_', '-'"
+            )
+        # Derived here, once, so the resolved config a run saves names its real folders.
+        if not self.checkpoint.dir:
+            self.checkpoint.dir = f"runs/{self.name}/checkpoints"
+        if not self.tracking.experiment:
+            self.tracking.experiment = self.name
         if self.model.position == "learned" and self.train.seq_len > self.model.max_seq_len:
             raise ValueError(
                 f"train.seq_len ({self.train.seq_len}) exceeds model.max_seq_len "

@@ -12,6 +12,7 @@ only when weights are actually read.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # Model keys an evaluation may change: they alter how the weights are used, not their shapes.
 _TUNABLE_MODEL_KEYS = ("model.mem_len", "model.dropout", "model.attn_dropout")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,7 +99,7 @@ def locate(path: str | Path, step: int | None = None) -> ckpt.ResumePoint:
             + (f"corrupt steps:\n  {detail}" if detail else "")
         )
     for line in problems:
-        print(f"warning: {line}", flush=True)
+        logger.warning("%s", line)
     return point
 
 

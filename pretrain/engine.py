@@ -8,7 +8,10 @@ Model code stays free of parallelism; the trainer talks to the engine returned h
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -24,9 +27,13 @@ from deepspeed.accelerator import get_accelerator
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from data_pipeline.console import route_library_loggers
 from pretrain import process_group
 from pretrain.config import EngineConfig, ExperimentConfig, TrainConfig
 from pretrain.model import LanguageModel, build_model
+
+route_library_loggers()  # its import wrote its own stdout handler over ours
+logger = logging.getLogger(__name__)
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -49,11 +56,17 @@ def init_distributed(engine: EngineConfig) -> None:
         process_group.single_process_env()
     if on_cpu():
         process_group.remove_stale_shm_buffers()
-    deepspeed.init_distributed(
-        dist_backend=backend,
-        timeout=timedelta(seconds=engine.dist_timeout_s),
-        init_method=process_group.attempt_init_method(),
-    )
+    # On CPU DeepSpeed builds its shared-memory all-reduce op and print()s that it did, on
+    # every rank: keep stdout for results and pass the lines on at DEBUG.
+    built = io.StringIO()
+    with contextlib.redirect_stdout(built):
+        deepspeed.init_distributed(
+            dist_backend=backend,
+            timeout=timedelta(seconds=engine.dist_timeout_s),
+            init_method=process_group.attempt_init_method(),
+        )
+    for line in built.getvalue().splitlines():
+        logger.debug("%s", line)
     process_group.start_heartbeat(engine.dist_timeout_s)
 
 

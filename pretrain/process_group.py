@@ -5,9 +5,9 @@ around `deepspeed.init_distributed`.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
 
 
 def single_process_env() -> None:
@@ -95,16 +97,18 @@ def start_heartbeat(timeout_s: int) -> None:
             now = time.monotonic()
             if seen != last_seen:
                 if reported:
-                    print(f"rank {rank}: rank {peer} responds again", file=sys.stderr, flush=True)
+                    logger.warning("rank %d: rank %d responds again", rank, peer)
                 last_seen, last_change, reported = seen, now, False
             elif not reported and now - last_change > silent_after:
                 where = seen.split(" ", 1)[1] if " " in seen else "host unknown"
-                print(
-                    f"rank {rank}: rank {peer} ({where}) has not responded for "
-                    f"{now - last_change:.0f} s: it is hung, stopped or its host is down; "
-                    f"collectives fail after engine.dist_timeout_s={timeout_s} s",
-                    file=sys.stderr,
-                    flush=True,
+                logger.warning(
+                    "rank %d: rank %d (%s) has not responded for %.0f s: it is hung, stopped or "
+                    "its host is down; collectives fail after engine.dist_timeout_s=%d s",
+                    rank,
+                    peer,
+                    where,
+                    now - last_change,
+                    timeout_s,
                 )
                 reported = True
             time.sleep(interval)

@@ -8,12 +8,14 @@ model never saw.
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
 from data_pipeline.tokenizer import Tokenizer
 from pretrain.loader import Manifest, ManifestError, load_manifest
+
+logger = logging.getLogger(__name__)
 
 
 class TokenizerMismatchError(ValueError):
@@ -90,9 +92,9 @@ def model_tokenizer_hash(checkpoint: Any) -> str | None:
     try:
         return training_manifest(checkpoint.saved_config.data.manifest).tokenizer_hash or None
     except ManifestError:
-        print(
-            f"warning: the training manifest {checkpoint.saved_config.data.manifest} is not "
-            "readable here; the data's tokenizer cannot be checked against the model's",
-            file=sys.stderr,
+        logger.warning(
+            "the training manifest %s is not readable here; the data's tokenizer cannot be "
+            "checked against the model's",
+            checkpoint.saved_config.data.manifest,
         )
         return None

@@ -25,7 +25,10 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from data_pipeline.configuration import flatten, to_yaml
+from data_pipeline.console import route_library_loggers
 from pretrain.config import ExperimentConfig
+
+route_library_loggers()  # MLflow's import set up a handler of its own
 
 # MLflow caps a param value at 6000 characters and a batch at 100 params / 1000 metrics.
 _MAX_PARAM_CHARS = 6000

@@ -9,6 +9,7 @@ happen once) and broadcasts it, so all ranks load the same one.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ DS_CONFIG_FILE = "ds_config.json"
 # Keys whose change makes a checkpoint meaningless for this run (the weights, the data order or
 # the memory layout would not line up). Anything else may change on resume, and is reported.
 _FIXED_PREFIXES = ("model.", "data.manifest", "data.train_split", "data.seed", "train.seq_len")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -98,9 +101,7 @@ def choose_resume_point(config: ExperimentConfig) -> ckpt.ResumePoint | None:
     choice: list[Any] = [None]
     if dist.get_rank() == 0 and resume != "never":
         if resume == "auto":
-            point = ckpt.find_resume_point(
-                config.checkpoint.dir, report=lambda msg: print(f"warning: {msg}", flush=True)
-            )
+            point = ckpt.find_resume_point(config.checkpoint.dir, report=logger.warning)
         else:
             directory = Path(resume)
             point = ckpt.find_resume_point(directory.parent, step=_step_of(directory))

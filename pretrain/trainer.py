@@ -12,6 +12,7 @@ ranks at the same step, and no rank is left waiting in a collective.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from data_pipeline.progress import eta
 from pretrain import checkpoint as ckpt
 from pretrain import engine as eng
 from pretrain import train_checkpoint
@@ -32,6 +34,8 @@ from pretrain.preemption import Preempted, PreemptionFlag
 from pretrain.process_group import all_reduce_sum
 from pretrain.schedules import learning_rate
 from pretrain.tracking import Tracker, create_tracker
+
+logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -93,6 +97,7 @@ class Trainer:
         )
         self.preemption = PreemptionFlag()
         self.fp16_overflows = 0
+        self.loop_started, self.loop_first_step = time.perf_counter(), 0  # set again by train()
         self.tracker: Tracker = Tracker()
         self.tokens_per_step = (
             cfg.train.micro_batch_size * cfg.train.grad_accum * self.world_size * cfg.train.seq_len
@@ -243,9 +248,10 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def log(self, message: str) -> None:
+    def log(self, message: str, level: int = logging.INFO) -> None:
+        """A line of the run's own, printed once (by rank 0)."""
         if self.rank == 0:
-            print(message, flush=True)
+            logger.log(level, message)
 
     def done(self) -> bool:
         train = self.config.train
@@ -275,6 +281,9 @@ class Trainer:
             # Step time and throughput are averaged over the training steps of each log window;
             # validation and checkpoint time is kept out of them.
             window_time, window_steps, window_wait = 0.0, 0, 0.0
+            # The ETA counts everything since this process started its loop (validation and
+            # checkpoints included), so it is the wall time a user will actually wait.
+            self.loop_started, self.loop_first_step = time.perf_counter(), self.state.step
             while not self.done():
                 started = time.perf_counter()
                 result = self.train_step()
@@ -317,8 +326,9 @@ class Trainer:
             self.fp16_overflows += 1
             scale = float(self.engine.model.optimizer.cur_scale)
             self.log(
-                f"step {self.state.step}: fp16 gradient overflow; DeepSpeed skipped the update "
-                f"and lowered the loss scale to {scale:g} ({self.fp16_overflows} so far)"
+                level=logging.WARNING,
+                message=f"step {self.state.step}: fp16 gradient overflow; DeepSpeed skipped the "
+                f"update and lowered the loss scale to {scale:g} ({self.fp16_overflows} so far)",
             )
         if not result.skipped:
             self.state.consecutive_skips = 0
@@ -326,8 +336,9 @@ class Trainer:
         self.state.skipped_steps += 1
         self.state.consecutive_skips += 1
         self.log(
-            f"step {self.state.step}: non-finite loss on some rank; the update was skipped "
-            f"({self.state.consecutive_skips} in a row, {self.state.skipped_steps} in all)"
+            level=logging.WARNING,
+            message=f"step {self.state.step}: non-finite loss on some rank; the update was "
+            f"skipped ({self.state.consecutive_skips} in a row, {self.state.skipped_steps} in all)",
         )
         if self.state.consecutive_skips >= self.config.train.max_consecutive_skips:
             raise NonFiniteLossError(
@@ -364,9 +375,21 @@ class Trainer:
             f"step {self.state.step:>6}/{cfg.train.max_steps} | loss {result.loss:.4f} | "
             f"lr {metrics['train/lr']:.2e} | grad {result.grad_norm:.3f} | "
             f"{tokens_per_s:,.0f} tok/s | {elapsed * 1000:.0f} ms/step | "
-            f"peak mem {max(eng.memory_stats().values()):.2f} GiB"
+            f"peak mem {max(eng.memory_stats().values()):.2f} GiB | ETA {self._eta()}"
         )
         return metrics
+
+    def _eta(self) -> str:
+        done = self.state.step - self.loop_first_step
+        return eta(time.perf_counter() - self.loop_started, done, self._steps_left() + done)
+
+    def _steps_left(self) -> int:
+        train = self.config.train
+        left = train.max_steps - self.state.step
+        if train.max_tokens is not None:
+            tokens_left = max(0, train.max_tokens - self.state.tokens_seen)
+            left = min(left, -(-tokens_left // self.tokens_per_step))
+        return left
 
     def _validate_and_report(self) -> dict[str, float]:
         metrics = self.validate()

@@ -13,6 +13,7 @@ from data_pipeline.configuration import load_config
 from launch import preflight
 from launch.backends import render
 from launch.cli import main as launch_main
+from launch.cli import script_path
 from launch.config import ClusterConfig
 from launch.script import Job
 from pretrain.cli import main as pretrain_main
@@ -153,7 +154,28 @@ def test_plan_stage3_matches_deepspeeds_estimator(offload: str, gpus: int, tmp_p
 
 def test_trainer_overrides_may_follow_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
     profile = str(REPO_ROOT / "configs" / "cluster" / "torchrun.yaml")
-    args = [profile, str(EXPERIMENT), "--nnodes", "3", "train.max_steps=7", "--dry-run"]
+    args = [profile, str(EXPERIMENT), "--nnodes", "3", "train.max_steps=70", "--dry-run"]
     assert launch_main(args) == 0
     text = capsys.readouterr().out
-    assert "--nnodes=3" in text and f"{EXPERIMENT} train.max_steps=7" in text
+    assert "--nnodes=3" in text and f"{EXPERIMENT} train.max_steps=70" in text
+
+
+def test_the_script_and_job_are_named_after_the_experiment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two experiments on one profile never overwrite each other's launch script."""
+    profile = str(REPO_ROOT / "configs" / "cluster" / "slurm_cpu.yaml")
+    assert launch_main([profile, str(EXPERIMENT), "name=xl_a", "--dry-run"]) == 0
+    assert "--job-name=xl_a" in capsys.readouterr().out
+    job_a = Job(load_config(ClusterConfig, profile, ["job_name=xl_a"]), str(EXPERIMENT))
+    job_b = Job(load_config(ClusterConfig, profile, ["job_name=xl_b"]), str(EXPERIMENT))
+    assert script_path(job_a, None) != script_path(job_b, None)
+
+
+def test_an_invalid_experiment_is_refused_before_a_script_is_written(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    profile = str(REPO_ROOT / "configs" / "cluster" / "local_cpu.yaml")
+    assert launch_main([profile, str(EXPERIMENT), "train.max_steps=7", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "train.max_steps=7" in err and "warmup_steps" in err

@@ -123,6 +123,5 @@ class SkipSummary:
             raise TooMuchSkippedError(
                 f"{self.fraction:.2%} of the input bytes were skipped as bad input, more than "
                 f"source.max_skipped_fraction={max_fraction:g}: {self._worst_files()}; fix or "
-                "leave out those inputs, or rerun with a higher source.max_skipped_fraction "
-                f"({self.describe()})"
+                "leave out those inputs, or rerun with a higher source.max_skipped_fraction"
             )

@@ -42,7 +42,7 @@ def _check_local_file(pattern: str, fs: fsspec.AbstractFileSystem, match: str) -
     if not stat.S_ISREG(mode):
         raise SourceError(
             f"{shown}: not a regular file (a FIFO, socket or device); refusing to read it as "
-            "input, as it could block for ever: copy the data to a file first"
+            "input, as it could block forever: copy the data to a file first"
         )
 
 

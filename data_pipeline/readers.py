@@ -266,24 +266,28 @@ class UnitReader:
     pending_too_long = False
     _long_bytes = 0  # length of the over-long line `_chunks` yielded last as None
 
-    def _document(self, data: bytes, line: int, by_lines: bool = False) -> Document | None:
+    def _document(
+        self, data: bytes, line: int, by_lines: bool = False, covers: int = 0
+    ) -> Document | None:
         """The document of these bytes, or None (counted or raised) when they are not text or
         only whitespace. ``by_lines``: a document made of lines (file, paragraphs) loses only
-        its lines that are not text, not the whole document."""
+        its lines that are not text, not the whole document. ``covers``: the input bytes it
+        stands for, when more than ``data`` (a line with its newline)."""
+        size = max(len(data), covers)
         if b"\0" in data:  # no text has NUL bytes: binary data read as text
             if by_lines:
                 return self._cut_bad_lines(data, line)
-            self.bad("binary", line, f"NUL byte at byte {data.index(0)}", len(data))
+            self.bad("binary", line, f"NUL byte at byte {data.index(0)}", size)
             return None
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as err:
             if by_lines:
                 return self._cut_bad_lines(data, line)
-            self.bad("invalid_utf8", line, f"byte {err.start}: {err.reason}", len(data))
+            self.bad("invalid_utf8", line, f"byte {err.start}: {err.reason}", size)
             return None
         if not text or text.isspace():  # i.e. not text.strip()
-            self.bad("empty_document", line, nbytes=len(data))
+            self.bad("empty_document", line)  # whitespace only: no bytes of text are lost
             return None
         return Document(text, len(data), line, data)
 
@@ -389,14 +393,14 @@ class UnitReader:
             if data is None:
                 self.bad("too_long", line, too_long, self._long_bytes)
             elif not data.strip():
-                self.bad("empty_document", line, nbytes=len(data))
+                self.bad("empty_document", line)
             else:
                 yield from self._json_line(data, line)
         elif mode == "lines":
             if data is None:
                 self.bad("too_long", line, too_long, self._long_bytes)
             else:
-                doc = self._document(_chomp(data), line)
+                doc = self._document(_chomp(data), line, covers=len(data))
                 if doc is not None:
                     yield doc
         elif mode == "paragraphs" and data is not None and is_blank(data):

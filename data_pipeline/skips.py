@@ -116,12 +116,12 @@ class SkipSummary:
                 files = ", ".join(sorted(self.files)[:SHOWN_FILES])
                 raise TooMuchSkippedError(f"{files}: the input is empty (0 bytes): nothing to use")
             raise TooMuchSkippedError(
-                f"no usable document in the input: every one was skipped as bad input "
-                f"({self.describe()}): {self._worst_files()}"
+                f"{self._worst_files()}: no usable document, every one was skipped as bad "
+                "input; fix or leave out those inputs"
             )
         if self.fraction > max_fraction:
             raise TooMuchSkippedError(
-                f"{self.fraction:.2%} of the input bytes were skipped as bad input, more than "
-                f"source.max_skipped_fraction={max_fraction:g}: {self._worst_files()}; fix or "
+                f"{self._worst_files()}: {self.fraction:.2%} of the input bytes were skipped as "
+                f"bad input, more than source.max_skipped_fraction={max_fraction:g}; fix or "
                 "leave out those inputs, or rerun with a higher source.max_skipped_fraction"
             )

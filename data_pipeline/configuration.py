@@ -7,6 +7,9 @@ A config is a tree of dataclasses. YAML files are loaded strictly into that tree
 * a mapping may build on other files with ``_base_: path`` (or a list of paths), resolved relative
   to the file that names them; the mapping's own keys override the base, key by key, recursively;
 * dotted overrides (``train.lr=3e-4``) are parsed as YAML scalars and type-checked the same way;
+* a float must be finite (``.inf``/``nan`` are refused) unless its field opts out with
+  ``field(metadata=NONFINITE_OK)``: an infinite learning rate validates as a number but trains
+  NaN weights;
 * after conversion every dataclass's ``validate()`` runs bottom-up, for cross-field checks.
 
 The resolved config dumps back to plain YAML and loads to an identical object, so a run can be
@@ -17,8 +20,10 @@ This module lives in the torch-free `data_pipeline` package because all three CL
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -38,6 +43,10 @@ from data_pipeline.config_yaml import (
 )
 
 T = TypeVar("T")
+
+# Field metadata of a float key that may be infinite or NaN (e.g. a limit where inf means none):
+# ``x: float = field(default=math.inf, metadata=NONFINITE_OK)``. Every other float must be finite.
+NONFINITE_OK: Mapping[str, Any] = types.MappingProxyType({"nonfinite_ok": True})
 
 
 # --------------------------------------------------------------------------------------------
@@ -65,13 +74,15 @@ class _Converter:
     def __init__(self, origins: Origins, default_source: str) -> None:
         self.origins = origins
         self.default_source = default_source
+        self.nonfinite_ok = False  # the field being converted opts out of the finite check
 
     def source_of(self, key: str) -> str:
         probe = key
         while probe:
             if probe in self.origins:
                 return self.origins[probe]
-            probe = probe.rpartition(".")[0]
+            # ``a.b[1]`` was set with ``a.b``; ``a.b`` with ``a``.
+            probe = probe[: probe.rindex("[")] if probe.endswith("]") else probe.rpartition(".")[0]
         return self.default_source
 
     def sources_under(self, key: str) -> str:
@@ -150,15 +161,18 @@ class _Converter:
                         return int(as_float)
             raise self.error(f"must be an integer, got {value!r}", key)
         if tp is float:
+            number: float | None = None
             if isinstance(value, int | float) and not isinstance(value, bool):
-                return float(value)
-            if isinstance(value, str):
+                number = float(value)
+            elif isinstance(value, str):
                 # PyYAML reads 3e-4 (no dot) as a string; users mean a number.
-                try:
-                    return float(value)
-                except ValueError:
-                    pass
-            raise self.error(f"must be a number, got {value!r}", key)
+                with contextlib.suppress(ValueError):
+                    number = float(value)
+            if number is None:
+                raise self.error(f"must be a number, got {value!r}", key)
+            if not math.isfinite(number) and not self.nonfinite_ok:
+                raise self.error(f"must be a finite number, got {value!r}", key)
+            return number
         if tp is str:
             if isinstance(value, str):
                 return value
@@ -186,7 +200,11 @@ class _Converter:
         for name, field in fields.items():
             path = join_key(key, name)
             if name in value:
-                kwargs[name] = self.convert(hints[name], value[name], path)
+                self.nonfinite_ok = bool(field.metadata.get("nonfinite_ok"))
+                try:
+                    kwargs[name] = self.convert(hints[name], value[name], path)
+                finally:
+                    self.nonfinite_ok = False
             elif (
                 field.default is dataclasses.MISSING
                 and field.default_factory is dataclasses.MISSING

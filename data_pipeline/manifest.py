@@ -86,11 +86,15 @@ def build_manifest(
             "documents": sum(s["documents"] for s in shards),
         }
     skipped: Counter[str] = Counter()
+    skipped_bytes: Counter[str] = Counter()
     for m in markers:
         skipped.update(m["counters"]["skipped"])
+        skipped_bytes.update(m["counters"].get("skipped_bytes", {}))  # older markers: none
     counters = {
         "documents_read": sum(m["counters"]["documents_read"] for m in markers),
         "skipped": dict(sorted(skipped.items())),
+        "skipped_bytes": dict(sorted(skipped_bytes.items())),
+        "input_bytes": sum(m["counters"].get("input_bytes", 0) for m in markers),
         "duplicates_dropped": sum(m["counters"]["duplicates_dropped"] for m in markers),
         "bytes_read": sum(m["counters"]["bytes_read"] for m in markers),
         "tail_tokens_dropped": sum(m["counters"]["tail_tokens_dropped"] for m in markers),

@@ -32,6 +32,7 @@ from data_pipeline.manifest import (
 )
 from data_pipeline.progress import Progress
 from data_pipeline.schemas import PrepareConfig
+from data_pipeline.skips import SkipSummary
 from data_pipeline.storage import Committer, Output, json_bytes
 from data_pipeline.tokenizer import Tokenizer, single_threaded_env
 from data_pipeline.unit_job import run_unit
@@ -63,9 +64,17 @@ def recipe(cfg: PrepareConfig | dict[str, Any]) -> dict[str, Any]:
     defaults. A key added to the schema later (with a default that keeps the old behaviour)
     then changes neither the recipe nor its hash, and outputs prepared before it are still
     recognised as this config's. ``cfg`` may be a manifest's recorded config (older manifests
-    recorded storage options too: they are left out here as well)."""
+    recorded storage options too: they are left out here as well). Nor is
+    ``source.max_skipped_fraction`` part of it: it decides whether the output is accepted, not
+    its bytes, so a run refused for it finishes the same output when rerun with a higher one."""
     tree = cfg if isinstance(cfg, dict) else to_dict(cfg)
-    return without_defaults(PrepareConfig, without_storage_options(tree))
+    chosen: dict[str, Any] = without_defaults(PrepareConfig, without_storage_options(tree))
+    source = chosen.pop("source", {})
+    if isinstance(source, dict):
+        source = {k: v for k, v in source.items() if k != "max_skipped_fraction"}
+    if source:
+        chosen["source"] = source
+    return chosen
 
 
 def config_hash(cfg: PrepareConfig, tok: Tokenizer) -> str:
@@ -154,7 +163,10 @@ def prepare(
     print(progress.line().replace("[prepare]", "[prepare done]"), file=log)
     fingerprint = None
     if finalize_when_done if finalize_when_done is not None else num_tasks == 1:
-        fingerprint = finalize(cfg, log=log, units=units, tok=tok)
+        fingerprint = finalize(cfg, log=log, units=units, tok=tok)  # says what was skipped
+    else:  # this task's units only; finalize checks the whole dataset's share
+        markers = [out.read_json(unit_marker_name(u.index)) for u in mine]
+        SkipSummary.from_markers(markers).log(f"prepare task {task_index}")
     return PrepareResult(
         len(units), len(todo), len(mine) - len(todo), fingerprint, time.monotonic() - started
     )
@@ -337,14 +349,24 @@ def finalize(
     if existing is not None:
         # Finalized before, from the same recipe (check_output): keep its bytes, so the
         # fingerprint that loader states and stream plans hang on stays what it was, even if
-        # the resolved config has gained defaulted keys since.
+        # the resolved config has gained defaulted keys since. It was accepted then: its skips
+        # are said again, not checked again.
         manifest = json.loads(existing)
         fingerprint = manifest_fingerprint(existing)
+        counters = manifest.get("counters", {})
+        SkipSummary.from_markers([{"source": {"path": out.url}, "counters": counters}]).log(
+            "finalize"
+        )
     else:
         markers = [out.read_json(unit_marker_name(u.index)) for u in units]
         accepted = accepted_config_hashes(cfg, tok)
         if any(m.get("config_hash") not in accepted for m in markers):
             raise OutputConflictError(f"{out.url}: unit markers come from a different config")
+        # Before the manifest: a dataset that lost too much of its input is not finished (its
+        # committed units stay, so a rerun with a higher threshold only writes the manifest).
+        skips = SkipSummary.from_markers(markers)
+        skips.log("finalize")
+        skips.check(cfg.source.max_skipped_fraction)
         manifest = build_manifest(
             recorded_config(cfg), tokenizer_entry(cfg, tok), tok.dtype, cfg.chunk_len, markers
         )

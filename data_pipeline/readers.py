@@ -3,6 +3,12 @@
 Bad input is either counted by reason (``skip``) or raised as `BadInputError` naming the file and
 line (``fail``). Either way the outcome depends only on the bytes, so reruns agree. Memory stays
 bounded: lines are read in blocks and an over-long line is counted, not held.
+
+What is skipped is as small as the format allows: a line (``lines`` mode, JSON Lines), a row
+(Parquet), and in ``file`` and ``paragraphs`` modes, whose documents are made of lines, only the
+lines that are not text (invalid UTF-8, or a NUL byte: binary data) are cut out of their
+document, which keeps the rest. Each skip counts its bytes too (``skipped_bytes``), against the
+``input_bytes`` the unit covered, so `data_pipeline.skips` can tell what share was lost.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ try:
     )
 except ImportError:  # pragma: no cover - zstandard is a dependency
     _CODEC_ERRORS = (EOFError, zlib.error, lzma.LZMAError, ValueError)
+_BROKEN_STREAM: tuple[type[BaseException], ...] = (*_CODEC_ERRORS, OSError)  # OSError: BadGzipFile
 
 
 class BadInputError(ValueError):
@@ -86,18 +93,22 @@ class UnitReader:
         self.unit = unit
         self.cfg = cfg
         self.skipped: Counter[str] = Counter()
+        self.skipped_bytes: Counter[str] = Counter()  # input bytes dropped, by reason
+        self.input_bytes = 0  # (uncompressed) input bytes this unit covered
         self.bytes_read = 0
         self.sha256: str | None = None
         self._line_base = 0  # lines before the unit's real start (for error messages)
         self._real_start = 0
 
     # -- policy ---------------------------------------------------------------------------
-    def bad(self, reason: str, line: int, detail: str = "") -> None:
+    def bad(self, reason: str, line: int, detail: str = "", nbytes: int = 0) -> None:
+        """Count ``nbytes`` of input at ``line`` as skipped for ``reason`` (or raise)."""
         if self.cfg.on_error == "fail":
             where = self._absolute_line(line)
             more = f" ({detail})" if detail else ""
             raise BadInputError(f"{self.unit.source.path}:{where}: {reason}{more}")
         self.skipped[reason] += 1
+        self.skipped_bytes[reason] += nbytes
 
     def _absolute_line(self, line: int) -> int:
         if self._real_start == 0:
@@ -119,8 +130,16 @@ class UnitReader:
         try:
             raw = open_raw(self.unit.source.url, self.cfg.storage_options)
         except OSError as err:
-            self.bad("unreadable_file", 0, err.strerror or type(err).__name__)
+            self.input_bytes = self.unit.source.size
+            self.bad(
+                "unreadable_file", 0, err.strerror or type(err).__name__, self.unit.source.size
+            )
             return
+        if self.unit.source.size == 0 and (
+            self.unit.is_whole_file or (self.unit.start == 0 and self.unit.split != "validation")
+        ):
+            # Counted once per file (a position split gives an empty file two empty units).
+            self.bad("empty_file", 0, "0 bytes")
         with raw:
             if self.cfg.format == "parquet":
                 yield from self._parquet(raw)
@@ -142,11 +161,10 @@ class UnitReader:
             hashing.drain()
         except BadInputError:
             raise  # the fail policy's own error (a ValueError), not a broken stream
-        except _CODEC_ERRORS as err:
-            self.bad("corrupt_input", self._lines_done + 1, f"{type(err).__name__}: {err}")
-            self.pending = None
-        except OSError as err:  # BadGzipFile and read failures
-            self.bad("corrupt_input", self._lines_done + 1, f"{type(err).__name__}: {err}")
+        except _BROKEN_STREAM as err:
+            # What is lost is the open document (the broken block's size is unknown).
+            lost = self.pending_bytes if self.pending is not None else 0
+            self.bad("corrupt_input", self._lines_done + 1, f"{type(err).__name__}: {err}", lost)
             self.pending = None
         self.bytes_read = hashing.count
         self.sha256 = hashing.sha.hexdigest()
@@ -197,6 +215,7 @@ class UnitReader:
                 break
             if left is not None:
                 left -= len(block)
+            self.input_bytes += len(block)
             if sha is not None:
                 sha.update(block)
             last = block.rfind(b"\n")
@@ -211,6 +230,7 @@ class UnitReader:
             if carry_len + head > max_line:
                 number += 1
                 self._lines_done = number
+                self._long_bytes = carry_len + head
                 yield number, None
                 lines = block[head : last + 1]
             elif carry:
@@ -223,6 +243,7 @@ class UnitReader:
                     for piece in lines.split(b"\n")[:-1]:
                         number += 1
                         self._lines_done = number
+                        self._long_bytes = len(piece) + 1
                         yield number, (piece + b"\n" if len(piece) < max_line else None)
                 else:
                     count = lines.count(b"\n")
@@ -235,6 +256,7 @@ class UnitReader:
         if carry_len:
             number += 1
             self._lines_done = number
+            self._long_bytes = carry_len
             yield number, (b"".join(carry) if carry_len <= max_line else None)
 
     # -- formats --------------------------------------------------------------------------
@@ -242,19 +264,58 @@ class UnitReader:
     pending_line = 0
     pending_bytes = 0
     pending_too_long = False
+    _long_bytes = 0  # length of the over-long line `_chunks` yielded last as None
 
-    def _document(self, data: bytes, line: int) -> Document | None:
+    def _document(
+        self, data: bytes, line: int, by_lines: bool = False, covers: int = 0
+    ) -> Document | None:
         """The document of these bytes, or None (counted or raised) when they are not text or
-        only whitespace."""
+        only whitespace. ``by_lines``: a document made of lines (file, paragraphs) loses only
+        its lines that are not text, not the whole document. ``covers``: the input bytes it
+        stands for, when more than ``data`` (a line with its newline)."""
+        size = max(len(data), covers)
+        if b"\0" in data:  # no text has NUL bytes: binary data read as text
+            if by_lines:
+                return self._cut_bad_lines(data, line)
+            self.bad("binary", line, f"NUL byte at byte {data.index(0)}", size)
+            return None
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as err:
-            self.bad("invalid_utf8", line, f"byte {err.start}: {err.reason}")
+            if by_lines:
+                return self._cut_bad_lines(data, line)
+            self.bad("invalid_utf8", line, f"byte {err.start}: {err.reason}", size)
             return None
         if not text or text.isspace():  # i.e. not text.strip()
-            self.bad("empty_document", line)
+            self.bad("empty_document", line)  # whitespace only: no bytes of text are lost
             return None
         return Document(text, len(data), line, data)
+
+    def _cut_bad_lines(self, data: bytes, first: int) -> Document | None:
+        """The document of ``data`` (whole lines from line ``first``) without its lines that
+        hold a NUL byte (``binary``) or invalid UTF-8 (``invalid_utf8``), each counted."""
+        kept: list[bytes] = []
+        pieces = data.split(b"\n")
+        for i, piece in enumerate(pieces):
+            line = piece if i == len(pieces) - 1 else piece + b"\n"
+            if not line:
+                continue
+            if b"\0" in piece:
+                self.bad("binary", first + i, f"NUL byte at byte {piece.index(0)}", len(line))
+                continue
+            try:
+                piece.decode("utf-8")
+            except UnicodeDecodeError as err:
+                detail = f"byte {err.start}: {err.reason}"
+                self.bad("invalid_utf8", first + i, detail, len(line))
+                continue
+            kept.append(line)
+        rest = b"".join(kept)
+        if self.cfg.text_mode == "paragraphs":
+            rest = _chomp(rest)  # as every paragraph, without its last newline
+        if not rest:
+            return None
+        return self._document(rest, first)
 
     def _from_chunk(self, first: int, data: bytes | None) -> list[Document]:
         """Documents completed by a run of whole lines from `_chunks`."""
@@ -291,11 +352,11 @@ class UnitReader:
                 if start >= 0 and self.pending is None:
                     if pos - start > max_bytes:
                         detail = f"document over max_document_bytes={max_bytes}"
-                        self.bad("too_long", start_line, detail)
+                        self.bad("too_long", start_line, detail, pos - start)
                     else:
                         # Without its last newline (EOS stands for it), as `_chomp`.
                         end = pos - 2 if data[pos - 2] == 13 else pos - 1
-                        doc = self._document(data[start:end], start_line)
+                        doc = self._document(data[start:end], start_line, by_lines=True)
                         if doc is not None:
                             docs.append(doc)
                     start = -1
@@ -327,22 +388,19 @@ class UnitReader:
 
     def _from_line(self, line: int, data: bytes | None) -> Iterator[Document]:
         fmt, mode = self.cfg.format, self.cfg.text_mode
+        too_long = f"line over max_document_bytes={self.cfg.max_document_bytes}"
         if fmt == "jsonl":
             if data is None:
-                self.bad(
-                    "too_long", line, f"line over max_document_bytes={self.cfg.max_document_bytes}"
-                )
+                self.bad("too_long", line, too_long, self._long_bytes)
             elif not data.strip():
                 self.bad("empty_document", line)
             else:
                 yield from self._json_line(data, line)
         elif mode == "lines":
             if data is None:
-                self.bad(
-                    "too_long", line, f"line over max_document_bytes={self.cfg.max_document_bytes}"
-                )
+                self.bad("too_long", line, too_long, self._long_bytes)
             else:
-                doc = self._document(_chomp(data), line)
+                doc = self._document(_chomp(data), line, covers=len(data))
                 if doc is not None:
                     yield doc
         elif mode == "paragraphs" and data is not None and is_blank(data):
@@ -353,7 +411,7 @@ class UnitReader:
             if self.pending is None:
                 self.pending, self.pending_line = [], line
                 self.pending_bytes, self.pending_too_long = 0, False
-            self.pending_bytes += len(data) if data is not None else self.cfg.max_document_bytes + 1
+            self.pending_bytes += len(data) if data is not None else self._long_bytes
             if data is None or self.pending_bytes > self.cfg.max_document_bytes:
                 self.pending_too_long, self.pending = True, []
             elif not self.pending_too_long:
@@ -367,32 +425,35 @@ class UnitReader:
         self.pending = None
         if self.pending_too_long:
             self.bad(
-                "too_long", first, f"document over max_document_bytes={self.cfg.max_document_bytes}"
+                "too_long",
+                first,
+                f"document over max_document_bytes={self.cfg.max_document_bytes}",
+                self.pending_bytes,
             )
             return None
         data = b"".join(lines)
         # Paragraphs end at their last newline (EOS stands for it); file mode keeps every byte.
-        return self._document(_chomp(data) if self.cfg.text_mode == "paragraphs" else data, first)
+        paragraph = self.cfg.text_mode == "paragraphs"
+        return self._document(_chomp(data) if paragraph else data, first, by_lines=True)
 
     def _json_line(self, data: bytes, line: int) -> Iterator[Document]:
         try:
             record = json.loads(data)
         except UnicodeDecodeError as err:
-            self.bad("invalid_utf8", line, str(err))
+            self.bad("invalid_utf8", line, str(err), len(data))
             return
         except json.JSONDecodeError as err:
-            self.bad("invalid_json", line, f"{err.msg} at column {err.colno}")
+            self.bad("invalid_json", line, f"{err.msg} at column {err.colno}", len(data))
             return
         field = self.cfg.text_field
         value = record.get(field) if isinstance(record, dict) else None
         if not isinstance(value, str):
-            self.bad("missing_field", line, f"no string field {field!r}")
+            self.bad("missing_field", line, f"no string field {field!r}", len(data))
             return
         encoded = value.encode("utf-8", errors="surrogatepass")
         if len(encoded) > self.cfg.max_document_bytes:
-            self.bad(
-                "too_long", line, f"document over max_document_bytes={self.cfg.max_document_bytes}"
-            )
+            detail = f"document over max_document_bytes={self.cfg.max_document_bytes}"
+            self.bad("too_long", line, detail, len(data))
             return
         # JSON escapes can carry lone surrogates (\ud800): not text, and not encodable.
         doc = self._document(encoded, line)
@@ -407,7 +468,9 @@ class UnitReader:
             pfile = pq.ParquetFile(raw)
             names = pfile.schema_arrow.names
             if self.cfg.text_field not in names:
-                self.bad("missing_field", 0, f"no column {self.cfg.text_field!r} (has {names})")
+                self.input_bytes = self.unit.source.size
+                detail = f"no column {self.cfg.text_field!r} (has {names})"
+                self.bad("missing_field", 0, detail, self.unit.source.size)
                 return
             row = 0
             for batch in pfile.iter_batches(columns=[self.cfg.text_field], batch_size=1024):
@@ -417,14 +480,19 @@ class UnitReader:
                         self.bad("missing_field", row, f"row has no string {self.cfg.text_field!r}")
                         continue
                     data = value.encode("utf-8", errors="surrogatepass")
+                    self.input_bytes += len(data)
                     if len(data) > self.cfg.max_document_bytes:
-                        self.bad("too_long", row, "document over max_document_bytes")
+                        self.bad("too_long", row, "document over max_document_bytes", len(data))
                         continue
                     doc = self._document(data, row)
                     if doc is not None:
                         yield doc
+        except BadInputError:
+            raise
         except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
-            self.bad("corrupt_input", 0, f"{type(err).__name__}: {err}")
+            # The rows not read are unknown: the stored bytes stand for them.
+            self.input_bytes = max(self.input_bytes, self.unit.source.size)
+            self.bad("corrupt_input", 0, f"{type(err).__name__}: {err}", self.unit.source.size)
         finally:
             raw.seek(0)
             hashing.drain()

@@ -26,6 +26,10 @@ class SourceConfig:
     text_field: str = "text"  # jsonl key / parquet column holding the document
     on_error: ErrorPolicy = "skip"  # bad input: skip and count by reason, or fail naming file:line
     max_document_bytes: int = 8 << 20  # longer documents (and lines) are bad input "too_long"
+    # With on_error=skip, the run fails when more than this share of the input bytes was skipped
+    # (or when nothing at all is left). Not part of the recipe: it decides whether a dataset is
+    # accepted, not its bytes, so a rerun with a higher value finishes the same output.
+    max_skipped_fraction: float = 0.01
     storage_options: dict[str, Any] = field(default_factory=dict)  # passed to fsspec
 
     def validate(self) -> None:
@@ -33,6 +37,10 @@ class SourceConfig:
             raise ValueError("paths must name at least one file, glob or URL")
         if self.max_document_bytes < 1:
             raise ValueError(f"max_document_bytes must be >= 1, got {self.max_document_bytes}")
+        if not 0.0 <= self.max_skipped_fraction <= 1.0:
+            raise ValueError(
+                f"max_skipped_fraction must be in [0, 1], got {self.max_skipped_fraction}"
+            )
 
 
 @dataclass

@@ -4,6 +4,7 @@ them with the compression their name implies."""
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -17,7 +18,32 @@ GLOB_CHARS = "*?["
 
 
 class SourceError(ValueError):
-    """An input path cannot be used (nothing matches it, or it cannot be listed)."""
+    """An input path cannot be used (nothing matches it, it cannot be listed, it is a directory,
+    or it is not a regular file)."""
+
+
+def _check_local_file(pattern: str, fs: fsspec.AbstractFileSystem, match: str) -> None:
+    """Refuse a local input that is not a regular file: a directory (name its files instead:
+    which of them are text is the user's choice), or a FIFO, socket or device, whose reading
+    would wait for a writer forever or never end. Remote (fsspec) objects are always files."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol not in ("file", "local"):
+        return
+    shown = _display_path(pattern, fs, match)
+    try:
+        mode = Path(match).stat().st_mode  # follows symlinks: a link to a file is a file
+    except OSError as err:
+        raise SourceError(f"{shown}: cannot read input ({err.strerror})") from None
+    if stat.S_ISDIR(mode):
+        raise SourceError(
+            f"{shown}: is a directory, not an input file; name its files with a glob "
+            f"(e.g. {shown.rstrip('/')}/*.txt)"
+        )
+    if not stat.S_ISREG(mode):
+        raise SourceError(
+            f"{shown}: not a regular file (a FIFO, socket or device); refusing to read it as "
+            "input, as it could block forever: copy the data to a file first"
+        )
 
 
 @dataclass(frozen=True)
@@ -65,6 +91,7 @@ def expand_sources(
             if url in seen:
                 continue
             seen.add(url)
+            _check_local_file(pattern, fs, match)
             info = fs.info(match)
             files.append(
                 SourceFile(

@@ -15,6 +15,7 @@ from typing import Any
 from data_pipeline.configuration import to_dict, without_storage_options
 from data_pipeline.readers import UnitReader
 from data_pipeline.schemas import TokenizerTrainingConfig
+from data_pipeline.skips import SkipSummary
 from data_pipeline.sources import expand_sources
 from data_pipeline.storage import Output, json_bytes
 from data_pipeline.tokenizer import (
@@ -67,9 +68,11 @@ def sample_corpus(
     seen = 0
     documents = 0
     skipped: Counter[str] = Counter()
+    skips = SkipSummary()
     started = time.monotonic()
     for i, source in enumerate(expand_sources(cfg.source.paths, cfg.source.storage_options)):
         reader = UnitReader(WorkUnit(i, source, 0, -1, -1, None), cfg.source)
+        before = documents
         for doc in reader.documents():
             documents += 1
             for item in split_items(doc.text, cfg.sample.item_chars):
@@ -81,11 +84,15 @@ def sample_corpus(
                     if j < cfg.sample.max_items:
                         reservoir[j] = item
         skipped.update(reader.skipped)
+        file_docs = documents - before
+        skips.add(source.path, reader.input_bytes, file_docs, reader.skipped, reader.skipped_bytes)
         print(
             f"[sample] {source.path}: {documents} documents, {seen} items so far "
             f"({time.monotonic() - started:.1f}s)",
             file=log,
         )
+    skips.log("sample")
+    skips.check(cfg.source.max_skipped_fraction)
     if not reservoir:
         raise ValueError("the corpus holds no usable document to train a tokenizer on")
     stats = {

@@ -128,6 +128,8 @@ def run_unit(
         "counters": {
             "documents_read": documents_read,
             "skipped": dict(sorted(reader.skipped.items())),
+            "skipped_bytes": dict(sorted(reader.skipped_bytes.items())),
+            "input_bytes": reader.input_bytes,
             "duplicates_dropped": duplicates,
             "bytes_read": reader.bytes_read,
             "tail_tokens_dropped": sum(dropped.values()),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -9,6 +12,7 @@ from typing import Literal
 import pytest
 
 from data_pipeline.configuration import (
+    NONFINITE_OK,
     ConfigError,
     flatten,
     from_dict,
@@ -229,3 +233,55 @@ def _tiny_model_overrides() -> list[str]:
         "model.n_layers=2",
         "model.n_heads=4",
     ]
+
+
+@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan", "inf", "nan", "-Infinity", "1e999"])
+def test_non_finite_floats_are_refused_naming_key_and_file(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path / "c.yaml", f"inner: {{width: 4, ratio: {text}}}\n")
+    with pytest.raises(ConfigError, match="must be a finite number") as err:
+        load_config(Outer, path)
+    assert err.value.key == "inner.ratio"
+    assert err.value.source == str(path.resolve())
+
+
+def test_non_finite_floats_in_overrides_and_lists_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.yaml", "inner: {width: 4}\n")
+    with pytest.raises(ConfigError, match="must be a finite number") as err:
+        load_config(Outer, path, ["inner.pair=[0.9, .nan]"])
+    assert err.value.key == "inner.pair[1]"
+    assert err.value.source == "command line override 'inner.pair=[0.9, .nan]'"
+    with pytest.raises(ConfigError, match="must be a finite number"):
+        from_dict(Outer, {"inner": {"width": 2, "ratio": math.inf}})
+
+
+@dataclass
+class WithLimit:
+    limit: float = field(default=math.inf, metadata=NONFINITE_OK)
+    rate: float = 1.0
+
+
+def test_a_field_can_opt_out_of_the_finite_check(tmp_path: Path) -> None:
+    cfg = load_config(WithLimit, write(tmp_path / "c.yaml", "limit: .inf\n"))
+    assert cfg.limit == math.inf
+    save_config(cfg, tmp_path / "resolved.yaml")  # an infinite default round-trips
+    assert load_config(WithLimit, tmp_path / "resolved.yaml") == cfg
+    with pytest.raises(ConfigError, match="rate: must be a finite number"):
+        load_config(WithLimit, tmp_path / "c.yaml", ["rate=.inf"])
+
+
+@pytest.mark.parametrize("override", ["train.lr=.inf", "train.lr=nan", "train.lr=-.inf"])
+def test_pretrain_train_refuses_a_non_finite_learning_rate(override: str) -> None:
+    """Before this was checked, lr=.inf trained and committed NaN weights."""
+    repo = Path(__file__).resolve().parents[1]
+    experiment = "configs/experiments/shakespeare_xl.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "pretrain.cli", "train", experiment, override],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert f"command line override {override!r}: train.lr: must be a finite number" in lines[0]

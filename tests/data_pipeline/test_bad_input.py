@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import io
 import json
-import socket
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,12 @@ from data_pipeline import manifest_fingerprint
 from data_pipeline.configuration import to_dict, without_defaults, without_storage_options
 from data_pipeline.manifest import unit_marker_name
 from data_pipeline.prepare import OutputConflictError, prepare
-from data_pipeline.readers import BadInputError
+from data_pipeline.readers import BadInputError, UnitReader
 from data_pipeline.schemas import PrepareConfig
+from data_pipeline.sources import SourceFile
 from data_pipeline.storage import json_bytes
 from data_pipeline.tokenizer import Tokenizer
+from data_pipeline.units import WorkUnit
 
 GOOD = [{"text": f"document number {i}: " + "to be or not to be. " * 20} for i in range(40)]
 
@@ -48,19 +49,15 @@ def bad_corpus(tmp_path: Path) -> Iterator[Path]:
     (d / "b_mixed.jsonl").write_bytes(b"".join(lines))
     whole = gzip.compress(jsonl(GOOD))
     (d / "c_truncated.jsonl.gz").write_bytes(whole[: len(whole) // 2])
-    # A socket: listed like a file, but open() fails (even for root, unlike chmod 000).
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(str(d / "d_unreadable.jsonl"))
     yield d
-    sock.close()
 
 
 def make(
     recipe: Callable[..., PrepareConfig], d: Path, policy: str, **over: object
 ) -> PrepareConfig:
-    return recipe(
-        source={"paths": [str(d / "*.jsonl*")], "format": "jsonl", "on_error": policy}, **over
-    )
+    # The 50 MB line is most of the input: accept any share skipped, to see every reason.
+    source = {"paths": [str(d / "*.jsonl*")], "format": "jsonl", "on_error": policy}
+    return recipe(source={**source, "max_skipped_fraction": 1.0}, **over)
 
 
 def test_skip_policy_counts_every_reason_and_is_deterministic(
@@ -78,13 +75,14 @@ def test_skip_policy_counts_every_reason_and_is_deterministic(
         "empty_document": 1,
         "too_long": 1,
         "corrupt_input": 1,
-        "unreadable_file": 1,
     }
+    # Each skip counts the input bytes it dropped: the 50 MB line is most of them.
+    lost = manifest["counters"]["skipped_bytes"]
+    assert set(lost) == set(skipped) and lost["too_long"] > 50 << 20
+    assert manifest["counters"]["input_bytes"] > sum(lost.values())
     # Good documents around the bad ones were kept, including those before the gzip truncation.
     read = manifest["counters"]["documents_read"]
     assert 40 + 4 < read < 40 + 4 + 40
-    by_path = {s["path"]: s for s in manifest["sources"]}
-    assert by_path[str(Path(bad_corpus, "d_unreadable.jsonl"))]["sha256"] is None
     # The same inputs give the same bytes with another worker count.
     again = make(recipe, bad_corpus, "skip", output=str(tmp_path / "again"))
     prepare(again, workers=2, log=io.StringIO())
@@ -126,16 +124,26 @@ def test_fail_policy_line_numbers_are_absolute_in_byte_ranges(
 
 
 def test_fail_on_truncated_gzip_and_unreadable_file(
-    recipe: Callable[..., PrepareConfig], bad_corpus: Path
+    recipe: Callable[..., PrepareConfig], bad_corpus: Path, tmp_path: Path
 ) -> None:
     gz = make(recipe, bad_corpus, "fail")
     gz.source.paths = [str(bad_corpus / "c_truncated.jsonl.gz")]
     with pytest.raises(BadInputError, match=r"c_truncated.jsonl.gz:\d+: corrupt_input \(EOFError"):
         prepare(gz, workers=1, log=io.StringIO())
-    sock = make(recipe, bad_corpus, "fail", output=gz.output + "2")
-    sock.source.paths = [str(bad_corpus / "d_unreadable.jsonl")]
-    with pytest.raises(BadInputError, match=r"d_unreadable\.jsonl:0: unreadable_file"):
-        prepare(sock, workers=1, log=io.StringIO())
+    # A file that was listed but cannot be opened (gone since, or a remote read error).
+    missing = tmp_path / "gone.jsonl"
+    source = SourceFile(str(missing), str(missing), 1234, None)
+    unit = WorkUnit(0, source, 0, -1, -1, None)
+    for policy in ("skip", "fail"):
+        cfg = make(recipe, bad_corpus, policy).source
+        reader = UnitReader(unit, cfg)
+        if policy == "fail":
+            with pytest.raises(BadInputError, match=r"gone\.jsonl:0: unreadable_file"):
+                list(reader.documents())
+        else:
+            assert list(reader.documents()) == [] and reader.sha256 is None
+            assert reader.skipped == {"unreadable_file": 1}
+            assert reader.skipped_bytes == {"unreadable_file": 1234}
 
 
 def test_failure_keeps_committed_units_and_a_rerun_resumes(

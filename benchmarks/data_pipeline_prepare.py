@@ -25,7 +25,6 @@ vfork/exec inherits its parent's high-water mark, so it would report this script
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
@@ -106,7 +105,7 @@ def poll():
         time.sleep(0.1)
 threading.Thread(target=poll, daemon=True).start()
 corpus, tok, out = sys.argv[1:4]
-prepare(recipe(Path(corpus), tok, Path(out)), workers=2, log=io.StringIO())
+prepare(recipe(Path(corpus), tok, Path(out)), workers=2)
 done.set()
 print(json.dumps({"parent": hwm("self"), "workers": sorted(peaks.values())}))
 """
@@ -163,7 +162,7 @@ def main() -> None:
                 "source": {"paths": [args.corpus], "text_mode": "paragraphs"},
             },
         )
-        tok = train_tokenizer(cfg, log=io.StringIO())
+        tok = train_tokenizer(cfg)
         runs: dict[str, list[float]] = {
             k: []
             for k in (
@@ -183,7 +182,7 @@ def main() -> None:
             for workers in (1, 2):
                 out = work / f"out-{kind}-{workers}"
                 start, used = time.perf_counter(), cpu_seconds()
-                prepare(recipe(corpus, str(tok_dir), out), workers=workers, log=io.StringIO())
+                prepare(recipe(corpus, str(tok_dir), out), workers=workers)
                 runs[f"w{workers}"].append(size_mb / (time.perf_counter() - start))
                 runs[f"cpu_w{workers}"].append((cpu_seconds() - used) * 1000 / size_mb)
                 shutil.rmtree(out)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import multiprocessing as mp
-import sys
 import threading
 import time
 from collections import deque
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from typing import Any, TextIO
+from typing import Any
 
 from data_pipeline.configuration import to_dict, without_defaults, without_storage_options
 from data_pipeline.manifest import (
@@ -38,6 +38,8 @@ from data_pipeline.tokenizer import Tokenizer, single_threaded_env
 from data_pipeline.unit_job import run_unit
 from data_pipeline.units import WorkUnit, plan_units
 from data_pipeline.worker import worker_main
+
+logger = logging.getLogger(__name__)
 
 
 class OutputConflictError(ValueError):
@@ -137,7 +139,6 @@ def prepare(
     num_tasks: int = 1,
     task_index: int = 0,
     finalize_when_done: bool | None = None,
-    log: TextIO = sys.stderr,
 ) -> PrepareResult:
     """Run this task's share of the units (unit i belongs to task i % num_tasks). With one task
     the manifest is written at the end; with several, run `finalize` once all tasks are done."""
@@ -152,18 +153,21 @@ def prepare(
     mine = [u for u in units if u.index % num_tasks == task_index]
     committed = {name for name in out.list("_units")}
     todo = [u for u in mine if unit_marker_name(u.index) not in committed]
-    print(
-        f"[prepare] {len(units)} units, this task {len(mine)}, already committed "
-        f"{len(mine) - len(todo)}, to run {len(todo)} with {workers} worker(s)",
-        file=log,
+    logger.info(
+        "[prepare] %d units, this task %d, already committed %d, to run %d with %d worker(s)",
+        len(units),
+        len(mine),
+        len(mine) - len(todo),
+        len(todo),
+        workers,
     )
-    progress = Progress("prepare", len(todo), log)
+    progress = Progress("prepare", len(todo))
     if todo:
         _run_units(todo, cfg, tok, out, chash, workers, progress)
-    print(progress.line().replace("[prepare]", "[prepare done]"), file=log)
+    logger.info("%s", progress.line().replace("[prepare]", "[prepare done]"))
     fingerprint = None
     if finalize_when_done if finalize_when_done is not None else num_tasks == 1:
-        fingerprint = finalize(cfg, log=log, units=units, tok=tok)  # says what was skipped
+        fingerprint = finalize(cfg, units=units, tok=tok)  # says what was skipped
     else:  # this task's units only; finalize checks the whole dataset's share
         markers = [out.read_json(unit_marker_name(u.index)) for u in mine]
         SkipSummary.from_markers(markers).log(f"prepare task {task_index}")
@@ -330,7 +334,6 @@ def _serve(
 def finalize(
     cfg: PrepareConfig,
     *,
-    log: TextIO = sys.stderr,
     units: list[WorkUnit] | None = None,
     tok: Tokenizer | None = None,
 ) -> str:
@@ -373,10 +376,15 @@ def finalize(
         fingerprint = write_manifest(out, manifest)
     out.remove_stale_temporaries()
     s = manifest["splits"]
-    print(
-        f"[finalize] {out.url}/{MANIFEST}: train {s['train']['tokens']:,} tokens in "
-        f"{len(s['train']['shards'])} shards, validation {s['validation']['tokens']:,} tokens in "
-        f"{len(s['validation']['shards'])} shards; fingerprint {fingerprint[:16]}",
-        file=log,
+    logger.info(
+        "[finalize] %s/%s: train %s tokens in %d shards, validation %s tokens in %d shards; "
+        "fingerprint %s",
+        out.url,
+        MANIFEST,
+        f"{s['train']['tokens']:,}",
+        len(s["train"]["shards"]),
+        f"{s['validation']['tokens']:,}",
+        len(s["validation"]["shards"]),
+        fingerprint[:16],
     )
     return fingerprint

@@ -5,11 +5,13 @@ output is one readable line at a time whatever the number of workers."""
 
 from __future__ import annotations
 
+import logging
 import queue
-import sys
 import threading
 import time
-from typing import Any, TextIO
+from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 def eta(elapsed_s: float, done: float, total: float) -> str:
@@ -25,15 +27,8 @@ def eta(elapsed_s: float, done: float, total: float) -> str:
 
 
 class Progress:
-    def __init__(
-        self, label: str, total_units: int, stream: TextIO = sys.stderr, every_s: float = 2.0
-    ) -> None:
-        self.label, self.total_units, self.stream, self.every_s = (
-            label,
-            total_units,
-            stream,
-            every_s,
-        )
+    def __init__(self, label: str, total_units: int, every_s: float = 2.0) -> None:
+        self.label, self.total_units, self.every_s = label, total_units, every_s
         self.units = 0
         self.documents = 0
         self.tokens = 0
@@ -51,8 +46,7 @@ class Progress:
             now = time.monotonic()
             if now - self._last >= self.every_s or units:
                 self._last = now
-                self.stream.write(self.line() + "\n")
-                self.stream.flush()
+                logger.info("%s", self.line())
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -60,8 +54,12 @@ class Progress:
             f"[{self.label}] units {self.units}/{self.total_units} | "
             f"documents {self.documents:,} | "
             f"tokens {self.tokens:,} | {self.bytes_in / 1e6:.1f} MB in, "
-            f"{self.bytes_in / 1e6 / elapsed:.2f} MB/s | {elapsed:.1f}s | "
-            f"ETA {eta(elapsed, self.units, self.total_units)}"
+            f"{self.bytes_in / 1e6 / elapsed:.2f} MB/s | {elapsed:.1f}s"
+            + (
+                f" | ETA {eta(elapsed, self.units, self.total_units)}"
+                if self.units < self.total_units
+                else ""
+            )
         )
 
     def drain(self, q: Any, stop: threading.Event) -> threading.Thread:

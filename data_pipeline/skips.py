@@ -17,7 +17,7 @@ from typing import Any
 
 from data_pipeline.readers import BadInputError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SHOWN_FILES = 3  # files named in a failure, those that lost most first
 
@@ -92,7 +92,7 @@ class SkipSummary:
     def log(self, label: str) -> None:
         """The summary line through `logging`: a warning when anything was skipped."""
         level = logging.WARNING if self.skipped else logging.INFO
-        log.log(level, "[%s] %s", label, self.describe())
+        logger.log(level, "[%s] %s", label, self.describe())
 
     def _worst_files(self) -> str:
         worst = sorted(

@@ -5,8 +5,8 @@ directory (model file + tokenizer_meta.json with kind, vocab size, special ids a
 from __future__ import annotations
 
 import io
+import logging
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -34,6 +34,8 @@ from data_pipeline.units import WorkUnit
 # so "##"-style ambiguity with real text cannot arise and decoding is a plain string replace.
 WORDPIECE_PREFIX = "\u2581"
 
+logger = logging.getLogger(__name__)
+
 
 def split_items(text: str, item_chars: int) -> Iterator[str]:
     """Cut a document into pieces of at most ``item_chars``, at line ends where possible."""
@@ -59,7 +61,7 @@ def split_items(text: str, item_chars: int) -> Iterator[str]:
 
 
 def sample_corpus(
-    cfg: TokenizerTrainingConfig, log: Any = sys.stderr
+    cfg: TokenizerTrainingConfig,
 ) -> tuple[list[str], dict[str, Any]]:
     """Algorithm R over the items of every document of every input, seeded: the same corpus and
     seed give the same sample; memory is at most max_items * item_chars characters."""
@@ -86,10 +88,12 @@ def sample_corpus(
         skipped.update(reader.skipped)
         file_docs = documents - before
         skips.add(source.path, reader.input_bytes, file_docs, reader.skipped, reader.skipped_bytes)
-        print(
-            f"[sample] {source.path}: {documents} documents, {seen} items so far "
-            f"({time.monotonic() - started:.1f}s)",
-            file=log,
+        logger.info(
+            "[sample] %s: %d documents, %d items so far (%.1fs)",
+            source.path,
+            documents,
+            seen,
+            time.monotonic() - started,
         )
     skips.log("sample")
     skips.check(cfg.source.max_skipped_fraction)
@@ -239,11 +243,11 @@ def _special_ids(cfg: TokenizerTrainingConfig, kind: str, model_bytes: bytes) ->
     }
 
 
-def train_tokenizer(cfg: TokenizerTrainingConfig, log: Any = sys.stderr) -> Tokenizer:
+def train_tokenizer(cfg: TokenizerTrainingConfig) -> Tokenizer:
     """Sample, train, write the artifact (metadata last, so a directory with metadata is whole)."""
     started = time.monotonic()
-    items, stats = sample_corpus(cfg, log)
-    print(f"[train] {cfg.kind} on {len(items)} items ...", file=log)
+    items, stats = sample_corpus(cfg)
+    logger.info("[train] %s on %d items ...", cfg.kind, len(items))
     if cfg.kind.startswith("sp_"):
         model_bytes, model_file = _train_sentencepiece(cfg, items), SP_MODEL_FILE
     else:
@@ -265,9 +269,12 @@ def train_tokenizer(cfg: TokenizerTrainingConfig, log: Any = sys.stderr) -> Toke
     out = Output(cfg.output)
     out.commit(model_file, model_bytes)
     out.commit(META_FILE, json_bytes(meta))
-    print(
-        f"[done] {cfg.kind} vocab_size={tok.vocab_size} hash={tok.hash[:12]} -> {cfg.output} "
-        f"({time.monotonic() - started:.1f}s)",
-        file=log,
+    logger.info(
+        "[done] %s vocab_size=%d hash=%s -> %s (%.1fs)",
+        cfg.kind,
+        tok.vocab_size,
+        tok.hash[:12],
+        cfg.output,
+        time.monotonic() - started,
     )
     return tok

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import sys
 from collections.abc import Callable
@@ -76,9 +75,7 @@ def tokenizer_config(
 def char_tokenizer(tmp_path_factory: pytest.TempPathFactory, corpus_dir: Path) -> str:
     """A sentencepiece char tokenizer (with byte fallback) trained on the shakespeare slice."""
     out = tmp_path_factory.mktemp("tok") / "char"
-    train_tokenizer(
-        tokenizer_config(out, "sp_char", [str(corpus_dir / "shakespeare.txt")]), log=io.StringIO()
-    )
+    train_tokenizer(tokenizer_config(out, "sp_char", [str(corpus_dir / "shakespeare.txt")]))
     return str(out)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -64,7 +63,7 @@ def test_skip_policy_counts_every_reason_and_is_deterministic(
     recipe: Callable[..., PrepareConfig], bad_corpus: Path, tmp_path: Path
 ) -> None:
     cfg = make(recipe, bad_corpus, "skip")
-    result = prepare(cfg, workers=1, log=io.StringIO())
+    result = prepare(cfg, workers=1)
     manifest_bytes = Path(cfg.output, "manifest.json").read_bytes()
     manifest = json.loads(manifest_bytes)
     skipped = manifest["counters"]["skipped"]
@@ -85,7 +84,7 @@ def test_skip_policy_counts_every_reason_and_is_deterministic(
     assert 40 + 4 < read < 40 + 4 + 40
     # The same inputs give the same bytes with another worker count.
     again = make(recipe, bad_corpus, "skip", output=str(tmp_path / "again"))
-    prepare(again, workers=2, log=io.StringIO())
+    prepare(again, workers=2)
     other = json.loads(Path(again.output, "manifest.json").read_bytes())
     assert other["splits"] == manifest["splits"] and other["counters"] == manifest["counters"]
     assert result.fingerprint is not None
@@ -108,7 +107,7 @@ def test_fail_policy_names_file_and_line(
     src.write_bytes(content)
     cfg = recipe(source={"paths": [str(src)], "format": "jsonl", "on_error": "fail"})
     with pytest.raises(BadInputError, match=f"bad.jsonl{where}"):
-        prepare(cfg, workers=1, log=io.StringIO())
+        prepare(cfg, workers=1)
 
 
 def test_fail_policy_line_numbers_are_absolute_in_byte_ranges(
@@ -120,7 +119,7 @@ def test_fail_policy_line_numbers_are_absolute_in_byte_ranges(
         source={"paths": [str(src)], "format": "jsonl", "on_error": "fail"}, unit_bytes=8192
     )
     with pytest.raises(BadInputError, match=r"big.jsonl:201: invalid_json"):
-        prepare(cfg, workers=1, log=io.StringIO())
+        prepare(cfg, workers=1)
 
 
 def test_fail_on_truncated_gzip_and_unreadable_file(
@@ -129,7 +128,7 @@ def test_fail_on_truncated_gzip_and_unreadable_file(
     gz = make(recipe, bad_corpus, "fail")
     gz.source.paths = [str(bad_corpus / "c_truncated.jsonl.gz")]
     with pytest.raises(BadInputError, match=r"c_truncated.jsonl.gz:\d+: corrupt_input \(EOFError"):
-        prepare(gz, workers=1, log=io.StringIO())
+        prepare(gz, workers=1)
     # A file that was listed but cannot be opened (gone since, or a remote read error).
     missing = tmp_path / "gone.jsonl"
     source = SourceFile(str(missing), str(missing), 1234, None)
@@ -155,13 +154,13 @@ def test_failure_keeps_committed_units_and_a_rerun_resumes(
     (d / "2.jsonl").write_bytes(jsonl(GOOD[:3]) + b"{not json\n")
     cfg = recipe(source={"paths": [str(d / "*.jsonl")], "format": "jsonl", "on_error": "fail"})
     with pytest.raises(BadInputError, match=r"2.jsonl:4: invalid_json"):
-        prepare(cfg, workers=1, log=io.StringIO())
+        prepare(cfg, workers=1)
     out = Path(cfg.output)
     marker = (out / unit_marker_name(0)).read_bytes()
     shards = {p.name: p.read_bytes() for p in out.glob("*.tar")}
     assert shards and not (out / "manifest.json").exists()
     (d / "2.jsonl").write_bytes(jsonl(GOOD[:3]))
-    result = prepare(cfg, workers=1, log=io.StringIO())
+    result = prepare(cfg, workers=1)
     assert (result.units_skipped, result.units_run) == (1, 1)
     assert (out / unit_marker_name(0)).read_bytes() == marker
     assert all((out / name).read_bytes() == data for name, data in shards.items())
@@ -171,13 +170,13 @@ def test_output_holding_another_configs_manifest_is_refused(
     recipe: Callable[..., PrepareConfig],
 ) -> None:
     first = recipe()
-    prepare(first, workers=1, log=io.StringIO())
+    prepare(first, workers=1)
     before = Path(first.output, "manifest.json").read_bytes()
     with pytest.raises(OutputConflictError, match=r"different config \(differs in: chunk_len"):
-        prepare(recipe(chunk_len=32), workers=1, log=io.StringIO())
+        prepare(recipe(chunk_len=32), workers=1)
     assert Path(first.output, "manifest.json").read_bytes() == before
     # The same config again is fine: every unit is committed, the manifest is kept as it is.
-    result = prepare(first, workers=1, log=io.StringIO())
+    result = prepare(first, workers=1)
     assert result.units_run == 0 and Path(first.output, "manifest.json").read_bytes() == before
 
 
@@ -190,7 +189,7 @@ def test_fail_policy_error_in_a_whole_file_unit_keeps_its_reason(
     src.write_bytes(gzip.compress(b"good line\n\xff bad line\nanother good line\n"))
     cfg = recipe(source={"paths": [str(src)], "text_mode": "lines", "on_error": "fail"})
     with pytest.raises(BadInputError, match=r"^\S*bad\.txt\.gz:2: invalid_utf8 \(byte 0"):
-        prepare(cfg, workers=1, log=io.StringIO())
+        prepare(cfg, workers=1)
 
 
 def _rehash_markers(out: Path, config: dict[str, Any], tokenizer_hash: str) -> None:
@@ -212,7 +211,7 @@ def test_an_output_recorded_before_a_defaulted_key_existed_is_still_this_recipes
     the manifest is left byte for byte, whatever hash its markers carry. Unfinished, markers
     hashed over the whole resolved config (as before recipes) are still recognised."""
     cfg = recipe()
-    prepare(cfg, workers=1, log=io.StringIO())
+    prepare(cfg, workers=1)
     out = Path(cfg.output)
     tok = Tokenizer.load(cfg.tokenizer)
     manifest = json.loads((out / "manifest.json").read_bytes())
@@ -220,23 +219,23 @@ def test_an_output_recorded_before_a_defaulted_key_existed_is_still_this_recipes
     older = json_bytes(manifest)
     (out / "manifest.json").write_bytes(older)
     _rehash_markers(out, manifest["config"], tok.hash)  # over the older, shorter config
-    result = prepare(cfg, workers=1, log=io.StringIO())
+    result = prepare(cfg, workers=1)
     assert result.units_run == 0
     assert (out / "manifest.json").read_bytes() == older
     assert result.fingerprint == manifest_fingerprint(older)
     # A real difference is still one, named by its key, whatever the form it was recorded in.
     with pytest.raises(OutputConflictError, match=r"differs in: split\)"):
-        prepare(recipe(split={"mode": "hash", "validation_fraction": 0.5}), log=io.StringIO())
+        prepare(recipe(split={"mode": "hash", "validation_fraction": 0.5}))
     # Unfinished (no manifest yet) with markers of the whole current config: finalized.
     (out / "manifest.json").unlink()
     _rehash_markers(out, to_dict(cfg), tok.hash)
-    assert prepare(cfg, workers=1, log=io.StringIO()).units_run == 0
+    assert prepare(cfg, workers=1).units_run == 0
     assert (out / "manifest.json").exists()
     # ...but markers of another config are not.
     (out / "manifest.json").unlink()
     _rehash_markers(out, manifest["config"], tok.hash)
     with pytest.raises(OutputConflictError, match="prepared with a different config"):
-        prepare(cfg, workers=1, log=io.StringIO())
+        prepare(cfg, workers=1)
 
 
 def test_without_defaults_keeps_only_the_choices() -> None:

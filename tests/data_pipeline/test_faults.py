@@ -4,7 +4,6 @@ under a final name; `verify` names a truncated shard and a shard with one flippe
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import signal
@@ -36,7 +35,7 @@ def test_sigkill_midway_then_rerun_is_byte_identical(
 ) -> None:
     source = CORPORA / "tinyshakespeare" / "input.txt"
     cfg = recipe(source={"paths": [str(source)]}, unit_bytes=16384, shard_bytes=16384)
-    prepare(cfg, workers=2, log=io.StringIO())
+    prepare(cfg, workers=2)
     out = Path(cfg.output)
     clean_manifest = (out / "manifest.json").read_bytes()
     clean = sha_by_name(json.loads(clean_manifest))
@@ -77,7 +76,7 @@ def test_sigkill_midway_then_rerun_is_byte_identical(
     committed = len(_markers(out))
     assert 8 <= committed < 70 and seen_final
 
-    result = prepare(cfg, workers=2, log=io.StringIO())
+    result = prepare(cfg, workers=2)
     assert result.units_skipped >= committed
     assert (out / "manifest.json").read_bytes() == clean_manifest
     final = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("[tv]*.tar")}
@@ -89,7 +88,7 @@ def test_verify_names_truncated_and_flipped_shards(
     recipe: Callable[..., PrepareConfig], tmp_path: Path
 ) -> None:
     cfg = recipe()
-    prepare(cfg, workers=1, log=io.StringIO())
+    prepare(cfg, workers=1)
     out = Path(cfg.output)
     manifest = json.loads((out / "manifest.json").read_text())
     names = [s["name"] for s in manifest["splits"]["train"]["shards"]]

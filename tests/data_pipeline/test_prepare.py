@@ -50,7 +50,7 @@ def test_shards_follow_the_contract(
     recipe: Callable[..., PrepareConfig], char_tokenizer: str
 ) -> None:
     cfg = recipe()
-    prepare(cfg, workers=1, log=io.StringIO())
+    prepare(cfg, workers=1)
     out = Path(cfg.output)
     manifest = json.loads((out / "manifest.json").read_bytes())
     tok = Tokenizer.load(char_tokenizer)
@@ -108,24 +108,24 @@ def test_identical_bytes_across_workers_tasks_and_reruns(
     recipe: Callable[..., PrepareConfig], tmp_path: Path
 ) -> None:
     one = recipe(output=str(tmp_path / "one"))
-    prepare(one, workers=1, log=io.StringIO())
+    prepare(one, workers=1)
     reference = shard_bytes(one.output)
     manifest = (Path(one.output) / "manifest.json").read_bytes()
     assert len(reference) > 4
     two = recipe(output=str(tmp_path / "two"))
-    prepare(two, workers=2, log=io.StringIO())
+    prepare(two, workers=2)
     assert shard_bytes(two.output) == reference
     # Three independent tasks, then finalize: the same shards, and the same manifest bytes as a
     # one-task run into the same place.
     Path(one.output).rename(tmp_path / "one-moved")
     for index in range(3):
-        result = prepare(one, workers=1, num_tasks=3, task_index=index, log=io.StringIO())
+        result = prepare(one, workers=1, num_tasks=3, task_index=index)
         assert result.fingerprint is None
-    assert finalize(one, log=io.StringIO()) == manifest_fingerprint(manifest)
+    assert finalize(one) == manifest_fingerprint(manifest)
     assert shard_bytes(one.output) == reference
     assert (Path(one.output) / "manifest.json").read_bytes() == manifest
     # A rerun skips every committed unit and rewrites the same manifest.
-    again = prepare(one, workers=2, log=io.StringIO())
+    again = prepare(one, workers=2)
     assert again.units_run == 0 and again.units_skipped == again.units_total
 
 
@@ -136,7 +136,7 @@ def test_dedup_drops_exact_duplicates(recipe: Callable[..., PrepareConfig], tmp_
         "\n\n".join(paragraphs + paragraphs[:10] + ["paragraph 3 says something."]) + "\n"
     )
     cfg = recipe(source={"paths": [str(src)]}, dedup=True, unit_bytes=1 << 20, chunk_len=8)
-    prepare(cfg, workers=1, log=io.StringIO())
+    prepare(cfg, workers=1)
     counters = json.loads((Path(cfg.output) / "manifest.json").read_text())["counters"]
     assert counters["documents_read"] == 41 and counters["duplicates_dropped"] == 11
 
@@ -149,7 +149,7 @@ def test_position_split_like_nanogpt(
         split={"mode": "position", "validation_fraction": 0.1},
         unit_bytes=1 << 20,
     )
-    prepare(cfg, workers=1, log=io.StringIO())
+    prepare(cfg, workers=1)
     m = json.loads((Path(cfg.output) / "manifest.json").read_text())
     total = Path(cfg.source.paths[0]).stat().st_size
     train, val = m["splits"]["train"], m["splits"]["validation"]
@@ -178,7 +178,7 @@ def test_files_split_holds_out_whole_inputs(
         (str(train_file), "train"),
         (str(held_out), "validation"),
     } and len(units) > 4
-    prepare(cfg, workers=2, log=io.StringIO())
+    prepare(cfg, workers=2)
     m = json.loads((Path(cfg.output) / "manifest.json").read_text())
     # Each split holds (nearly: blank lines between paragraphs and unit tails are not text) all
     # of its own file and nothing of the other.

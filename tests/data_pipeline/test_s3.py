@@ -4,7 +4,6 @@ stopped by its own pid, as s3fs's own tests do)."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import signal
@@ -83,7 +82,7 @@ def test_prepare_writes_shards_and_manifest_to_s3(
     recipe: Callable[..., PrepareConfig], s3_options: dict[str, Any]
 ) -> None:
     cfg = recipe(output="s3://datasets/clean", storage_options=s3_options, shard_bytes=131072)
-    result = prepare(cfg, workers=2, log=io.StringIO())
+    result = prepare(cfg, workers=2)
     assert result.fingerprint is not None
     fs = s3fs.S3FileSystem(**s3_options, skip_instance_cache=True)
     manifest = json.loads(fs.cat_file("datasets/clean/manifest.json"))
@@ -100,7 +99,7 @@ def test_prepare_writes_shards_and_manifest_to_s3(
         storage_options={**s3_options, "default_block_size": 1 << 20},
         shard_bytes=131072,
     )
-    again = prepare(rotated, workers=1, log=io.StringIO())
+    again = prepare(rotated, workers=1)
     assert again.units_run == 0 and again.fingerprint == result.fingerprint
 
 
@@ -117,7 +116,7 @@ def test_interrupted_upload_leaves_no_object_under_a_final_key(
         chunk_len=256,
         shard_bytes=262144,
     )
-    prepare(clean, workers=2, log=io.StringIO())
+    prepare(clean, workers=2)
     reference = objects(s3_options, "datasets/ref")
     cfg = recipe(
         source={"paths": [source]},
@@ -150,5 +149,5 @@ def test_interrupted_upload_leaves_no_object_under_a_final_key(
     assert partial and not fs.exists("datasets/killed/manifest.json")
     for name, digest in partial.items():
         assert reference[name] == digest, f"{name} under its final key is not the complete shard"
-    prepare(cfg, workers=2, log=io.StringIO())
+    prepare(cfg, workers=2)
     assert objects(s3_options, "datasets/killed") == reference

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from launch import preflight
 from launch.backends import render
 from launch.config import ClusterConfig
 from launch.script import Job
+from launch.supervise import supervise
 
 logger = logging.getLogger(__name__)
 
@@ -146,11 +146,7 @@ def execute(job: Job, path: Path, wait: bool) -> int:
         cmd = ["sbatch", "--parsable", *(["--wait"] if wait else []), str(path)]
         logger.info("+ %s", " ".join(cmd))
         return subprocess.run(cmd, check=False).returncode
-    # exec: this process becomes the script (and the script torchrun), so a signal sent to
-    # pretrain-launch reaches the ranks and the exit code is the job's.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execvp("bash", ["bash", str(path)])
+    return supervise(["bash", str(path)])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,8 +184,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.write_text(text)
     path.chmod(0o755)
     logger.info("running %s", path)
-    for handler in logging.getLogger().handlers:
-        handler.flush()
     return execute(job, path, args.wait)
 
 

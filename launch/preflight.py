@@ -33,7 +33,7 @@ def experiment(path: str, overrides: Sequence[str]) -> ExperimentConfig:
         raise PreflightError(f"config: {err}") from None
 
 
-def check_manifest(url: str) -> str | None:
+def check_manifest(url: str, train_split: str = "train") -> str | None:
     if not url:
         return "data.manifest is not set: point it at the manifest.json of `data-pipeline prepare`"
     try:
@@ -45,6 +45,12 @@ def check_manifest(url: str) -> str | None:
         return f"data manifest {url} is not readable: {type(err).__name__}: {err}"
     if not isinstance(manifest, dict) or "splits" not in manifest:
         return f"data manifest {url} is not a manifest written by `data-pipeline prepare`"
+    split = manifest["splits"].get(train_split)
+    if not isinstance(split, dict) or not split.get("samples"):
+        return (
+            f"data manifest {url} holds no training samples in split {train_split!r} "
+            "(data.train_split): prepare kept nothing there; its skip summary says why"
+        )
     return None
 
 
@@ -107,7 +113,10 @@ def check_ssh(host: str) -> str | None:
 
 def node_checks(config: ExperimentConfig) -> list[str]:
     """What must hold on every node: the data is readable, checkpoints can be written."""
-    found = [check_manifest(config.data.manifest), check_writable(config.checkpoint.dir)]
+    found = [
+        check_manifest(config.data.manifest, config.data.train_split),
+        check_writable(config.checkpoint.dir),
+    ]
     return [f for f in found if f]
 
 

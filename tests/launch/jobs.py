@@ -69,8 +69,8 @@ class Launch:
     def script(self) -> Path:
         """The script pretrain-launch said it runs."""
         for line in self.output().splitlines():
-            if line.startswith("pretrain-launch: running "):
-                return Path(line.removeprefix("pretrain-launch: running ").strip())
+            if " INFO running " in line:
+                return Path(line.split(" INFO running ", 1)[1].strip())
         raise AssertionError(f"no script path in the output:\n{self.output()}")
 
     def assert_dry_run_matches(self) -> None:

@@ -1,17 +1,27 @@
-"""Progress of a long step: documents, tokens and input MB/s every few seconds, then a summary.
+"""Progress of long work, with the time left.
 
-Workers send increments through a queue; one thread in the parent process prints them, so the
-output is one readable line at a time whatever the number of workers."""
+`Progress`: prepare's documents, tokens and input MB/s every few seconds, then a summary. Workers
+send increments through a queue; one thread in the parent process logs them, so the output is
+one readable line at a time whatever the number of workers.
+
+`track`: any loop of known length (evaluation batches, export tensors). A bar (tqdm) where a
+person watches a terminal; a log line every ``every_s`` seconds where output goes to a file or a
+scheduler's log, since a bar there is one endless line of carriage returns.
+"""
 
 from __future__ import annotations
 
 import logging
 import queue
+import sys
 import threading
 import time
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, TypeVar
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def eta(elapsed_s: float, done: float, total: float) -> str:
@@ -76,3 +86,34 @@ class Progress:
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         return thread
+
+
+def track(
+    items: Iterable[T],
+    total: int | None,
+    label: str,
+    *,
+    every_s: float = 10.0,
+    enabled: bool = True,
+    unit: str = "it",
+) -> Iterator[T]:
+    """Yield ``items``, showing progress towards ``total`` (a bar on a terminal, else log lines).
+
+    ``enabled=False`` (ranks other than 0, ``-q``) yields them silently."""
+    if not enabled or not logger.isEnabledFor(logging.INFO):
+        yield from items
+        return
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(items, total=total, desc=label, unit=unit, leave=False)
+        return
+    started = last = time.monotonic()
+    for done, item in enumerate(items, start=1):
+        yield item
+        now = time.monotonic()
+        if now - last >= every_s:
+            last = now
+            of = f"/{total}" if total else ""
+            left = f" | ETA {eta(now - started, done, total)}" if total else ""
+            logger.info("[%s] %d%s %s | %.1fs%s", label, done, of, unit, now - started, left)

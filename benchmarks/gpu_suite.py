@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -82,7 +83,9 @@ class Settings:
     @property
     def throughput_args(self) -> list[str]:
         # 20 timed steps after 5 warm-up: ~15 s of steps for the 1.3B model at micro-batch 16.
-        return ["--smoke", "--peak-tflops", "1"] if self.smoke else ["--steps", "20", "--warmup", "5"]
+        return (
+            ["--smoke", "--peak-tflops", "1"] if self.smoke else ["--steps", "20", "--warmup", "5"]
+        )
 
 
 def run(cmd: Sequence[str], settings: Settings, log: str, env: dict[str, str] | None = None) -> str:
@@ -194,7 +197,9 @@ def throughput_row(
 
 
 def part_throughput(settings: Settings, checkpointing: str, row: dict[str, Any]) -> None:
-    measured = throughput_row(settings, f"throughput_{checkpointing}", ["--checkpointing", checkpointing])
+    measured = throughput_row(
+        settings, f"throughput_{checkpointing}", ["--checkpointing", checkpointing]
+    )
     row.update(measured)
     row.update(
         plan_figures(
@@ -235,7 +240,9 @@ def part_reference(settings: Settings, row: dict[str, Any]) -> None:
         )
         micro_batch, source = int(plan["plan_micro_batch_auto"]), "plan (throughput_off missing)"
     out = settings.workdir / "reference.jsonl"
-    args = ["--smoke", "--peak-tflops", "1"] if settings.smoke else ["--steps", "20", "--warmup", "5"]
+    args = (
+        ["--smoke", "--peak-tflops", "1"] if settings.smoke else ["--steps", "20", "--warmup", "5"]
+    )
     script = str(REPO / "benchmarks" / "gpu_reference.py")
     cmd = [sys.executable, script, *args, "--micro-batch", str(micro_batch), "--json", str(out)]
     run(cmd, settings, "reference")
@@ -310,7 +317,9 @@ def experiment_yaml(
     root = settings.workdir / name
     root.mkdir(parents=True, exist_ok=True)
     model, batch, seq, lr = (
-        ("tiny.yaml", 2, 16, "3.0e-3") if settings.smoke else ("shakespeare_char.yaml", 12, 64, "1.0e-3")
+        ("tiny.yaml", 2, 16, "3.0e-3")
+        if settings.smoke
+        else ("shakespeare_char.yaml", 12, 64, "1.0e-3")
     )
     path = root / "experiment.yaml"
     path.write_text(
@@ -365,15 +374,25 @@ def part_fp16(settings: Settings, row: dict[str, Any]) -> None:
     steps = 30 if settings.smoke else 50
     # The smoke cannot use fp16: DeepSpeed's CPU accelerator supports bf16 and fp32 only.
     precision = "bf16" if settings.smoke else "fp16"
-    # Start at 2^24, far above what fp16 gradients bear, so the first steps overflow; halve on
-    # every overflow (hysteresis 1); double after 10 clean steps, so the scale also grows back
-    # within 50 steps.
-    scaling = "  initial_scale_power: 24\n  loss_scale_window: 10\n  hysteresis: 1\n"
+    # Start at 2^28, so that the first steps overflow for certain (the logits' gradient alone,
+    # 2^28 / 768 target tokens per step, is above fp16's 65504); halve on every overflow
+    # (hysteresis 1); double after 10 clean steps, so the scale also grows back within 50.
+    scaling = "  initial_scale_power: 28\n  loss_scale_window: 10\n  hysteresis: 1\n"
     experiment = experiment_yaml(settings, "fp16", precision=precision, steps=steps, engine=scaling)
     cmd = [sys.executable, "-m", "pretrain.cli", "train", str(experiment)]
     output = run(cmd, settings, "fp16_train")
     run_id, run_data = training_run(experiment)
-    history = run_data["history"]
+    figures, checks = loss_scale_figures(run_data["history"], steps, precision, output)
+    row.update({"precision": precision, "steps": steps, "mlflow_run_id": run_id, **figures})
+    row["checks"] = checks
+
+
+def loss_scale_figures(
+    history: dict[str, list[tuple[int, float]]], steps: int, precision: str, output: str
+) -> tuple[dict[str, Any], dict[str, bool]]:
+    """What part fp16 reports and checks, from the run's MLflow metric history (step, value)
+    and the trainer's output. Apart from the part so that a test can feed it an fp16 history,
+    which the CPU rehearsal cannot produce."""
     losses = [value for _, value in sorted(history.get("train/loss", []))]
     scales = [value for _, value in sorted(history.get("train/loss_scale", []))]
     overflows = [value for _, value in sorted(history.get("train/fp16_overflows", []))]
@@ -381,27 +400,24 @@ def part_fp16(settings: Settings, row: dict[str, Any]) -> None:
     head, last = finite[:5], finite[-5:]
     first_mean = sum(head) / len(head) if head else None
     last_mean = sum(last) / len(last) if last else None
-    drops = sum(1 for a, b in zip(scales, scales[1:], strict=False) if b < a)
-    rises = sum(1 for a, b in zip(scales, scales[1:], strict=False) if b > a)
+    drops = sum(1 for a, b in itertools.pairwise(scales) if b < a)
+    rises = sum(1 for a, b in itertools.pairwise(scales) if b > a)
     total_overflows = int(overflows[-1]) if overflows else None
-    row.update(
-        {
-            "precision": precision,
-            "steps": steps,
-            "mlflow_run_id": run_id,
-            "loss_steps_logged": len(losses),
-            "loss_first5_mean": first_mean,
-            "loss_last5_mean": last_mean,
-            "loss_scale_logged": bool(scales),
-            "loss_scale_first": scales[0] if scales else None,
-            "loss_scale_min": min(scales) if scales else None,
-            "loss_scale_final": scales[-1] if scales else None,
-            "loss_scale_decreases": drops,
-            "loss_scale_increases": rises,
-            "fp16_overflows": total_overflows,
-            "overflow_warnings": output.count("fp16 gradient overflow"),
-        }
-    )
+    warnings = output.count("fp16 gradient overflow")
+    figures = {
+        "loss_steps_logged": len(losses),
+        "loss_first5_mean": first_mean,
+        "loss_last5_mean": last_mean,
+        "loss_scale_initial": 2.0**28 if precision == "fp16" else None,
+        "loss_scale_logged": bool(scales),
+        "loss_scale_first": scales[0] if scales else None,
+        "loss_scale_min": min(scales) if scales else None,
+        "loss_scale_final": scales[-1] if scales else None,
+        "loss_scale_decreases": drops,
+        "loss_scale_increases": rises,
+        "fp16_overflows": total_overflows,
+        "overflow_skip_warnings": warnings,
+    }
     checks = {
         "all_steps_logged": len(losses) == steps,
         "loss_falls": first_mean is not None and last_mean is not None and last_mean < first_mean,
@@ -410,15 +426,16 @@ def part_fp16(settings: Settings, row: dict[str, Any]) -> None:
         checks.update(
             {
                 "overflows_counted": bool(total_overflows),
-                # With hysteresis 1, every overflow halves the scale and DeepSpeed skips that
-                # step's update: one decrease per overflow (the first logged scale is after
-                # step 1, which may itself have overflowed).
+                # The trainer warns "DeepSpeed skipped the update" once per overflow.
+                "each_overflow_skipped": warnings == total_overflows,
+                # With hysteresis 1 every overflow halves the scale: one decrease per overflow
+                # (the first logged scale is after step 1, which may itself have overflowed).
                 "one_scale_drop_per_overflow": total_overflows is not None
                 and drops in (total_overflows, total_overflows - 1),
                 "scale_moved_down_and_up": drops > 0 and rises > 0,
             }
         )
-    row["checks"] = checks
+    return figures, checks
 
 
 def torchrun(module_args: Sequence[str]) -> list[str]:
@@ -432,7 +449,9 @@ def part_nccl(settings: Settings, row: dict[str, Any]) -> None:
     env = settings.env
     if not settings.smoke:
         env["NCCL_DEBUG"] = "INFO"  # NCCL's own lines show that it, not gloo, carried the step
-    train_out = run(torchrun(["pretrain.cli", "train", str(experiment)]), settings, "nccl_train", env)
+    train_out = run(
+        torchrun(["pretrain.cli", "train", str(experiment)]), settings, "nccl_train", env
+    )
     run_id, run_data = training_run(experiment)
     checkpoints = experiment.parent / "checkpoints"
     from pretrain import checkpoint as ckpt
@@ -500,7 +519,9 @@ def part_xl(settings: Settings, row: dict[str, Any]) -> None:
     steps = [] if settings.smoke else ["--steps", "10", "--warmup", "3"]
     common = ["--checkpointing", "off", "--micro-batch", str(micro_batch), *steps]
     xl = ["model.position=relative", f"model.mem_len={seq}"]
-    row.update({"model_preset": str(model), "seq_len": seq, "mem_len": seq, "micro_batch": micro_batch})
+    row.update(
+        {"model_preset": str(model), "seq_len": seq, "mem_len": seq, "micro_batch": micro_batch}
+    )
     results: dict[str, dict[str, Any]] = {}
     errors = []
     for name, overrides in (("plain", []), ("xl", xl)):
@@ -531,7 +552,9 @@ def part_xl(settings: Settings, row: dict[str, Any]) -> None:
         }
     if "plain" in results and "xl" in results:
         plain, rel = results["plain"], results["xl"]
-        row["xl_over_plain_tokens_per_s"] = rel["tokens_per_s_per_gpu"] / plain["tokens_per_s_per_gpu"]
+        row["xl_over_plain_tokens_per_s"] = (
+            rel["tokens_per_s_per_gpu"] / plain["tokens_per_s_per_gpu"]
+        )
         plain_mem, xl_mem = measured_memory(plain), measured_memory(rel)
         row["xl_minus_plain_measured_gib"] = xl_mem - plain_mem if plain_mem and xl_mem else None
         row["xl_minus_plain_predicted_gib"] = (
@@ -599,7 +622,9 @@ def kill_tree(proc: subprocess.Popen[Any]) -> None:
     proc.wait()
 
 
-def run_part(part: Part, args: argparse.Namespace, context: dict[str, Any], limit: float) -> dict[str, Any]:
+def run_part(
+    part: Part, args: argparse.Namespace, context: dict[str, Any], limit: float
+) -> dict[str, Any]:
     """Run ``part`` in a child process (its own session) for at most ``limit`` seconds."""
     result_file = args.workdir / f"{part.name}.result.json"
     result_file.unlink(missing_ok=True)
@@ -650,12 +675,21 @@ def environment(smoke: bool) -> dict[str, Any]:
 
     gpus: list[str] = []
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+        query = [
+            "nvidia-smi",
+            "--query-gpu=name,driver_version,memory.total",
+            "--format=csv,noheader",
+        ]
         out = subprocess.run(query, capture_output=True, text=True, timeout=30)
         gpus = [line.strip() for line in out.stdout.splitlines() if line.strip()]
     commit = None
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30)
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         commit = out.stdout.strip() or None
     return {
         "suite": "gpu_suite",
@@ -682,7 +716,9 @@ def summary(rows: dict[str, dict[str, Any]], smoke: bool) -> dict[str, Any]:
     ref = rows.get("reference", {})
     failed = [name for name, r in rows.items() if r["status"] != "ok"]
     unchecked = [
-        name for name, r in rows.items() if r["status"] == "ok" and not all(r.get("checks", {}).values())
+        name
+        for name, r in rows.items()
+        if r["status"] == "ok" and not all(r.get("checks", {}).values())
     ]
     targets: dict[str, bool | None] = {
         "mfu_ac_off_at_least_0.5": None if off.get("mfu") is None else off["mfu"] >= 0.5,
@@ -712,7 +748,8 @@ def key_figures(row: dict[str, Any]) -> str:
     name = row["part"]
     if name.startswith("throughput"):
         return (
-            f"{_fmt(row.get('tokens_per_s_per_gpu'), ',.0f')} tok/s/GPU, MFU {_fmt(row.get('mfu'))}, "
+            f"{_fmt(row.get('tokens_per_s_per_gpu'), ',.0f')} tok/s/GPU, "
+            f"MFU {_fmt(row.get('mfu'))}, "
             f"HFU {_fmt(row.get('hfu'))}, mb {row.get('micro_batch')}, peak "
             f"{_fmt(measured_memory(row))} GiB vs plan {_fmt(row.get('plan_predicted_gib'))}"
         )
@@ -752,7 +789,13 @@ def table(rows: list[dict[str, Any]]) -> str:
         checks = r.get("checks") or {}
         bad = [k for k, v in checks.items() if not v]
         verdict = "-" if not checks else "all pass" if not bad else "FAIL: " + ", ".join(bad)
-        figures = key_figures(r) if r["status"] == "ok" else (r.get("error") or "").splitlines()[0][:90] if r.get("error") else ""
+        figures = (
+            key_figures(r)
+            if r["status"] == "ok"
+            else (r.get("error") or "").splitlines()[0][:90]
+            if r.get("error")
+            else ""
+        )
         lines.append(
             f"| {r['part']} | {r['issue_part'] or '-'} | {r['status']} | {r['seconds']} | "
             f"{verdict} | {figures} |"
@@ -780,10 +823,15 @@ def drive(args: argparse.Namespace) -> int:
         left = deadline - time.monotonic()
         missing = [n for n in part.needs if n in rows and rows[n]["status"] != "ok"]
         if missing or left < MIN_PART_S:
-            why = f"needs part {', '.join(missing)}" if missing else f"suite budget ({left:.0f} s left)"
+            why = (
+                f"needs part {', '.join(missing)}"
+                if missing
+                else f"suite budget ({left:.0f} s left)"
+            )
             row = {**header(part, args.smoke), "status": "skipped", "seconds": 0.0, "error": why}
         else:
-            limit = min(SMOKE_TIMEOUT_S if args.smoke else part.timeout_s, left)
+            own = SMOKE_TIMEOUT_S if args.smoke else part.timeout_s
+            limit = min(args.part_timeout or own, left)
             print(f"== {part.name} (up to {limit:.0f} s)", file=sys.stderr, flush=True)
             row = run_part(part, args, context, limit)
         rows[part.name] = row
@@ -808,6 +856,7 @@ def child(args: argparse.Namespace) -> int:
     row: dict[str, Any] = {}
     result_file = args.workdir / f"{part.name}.result.json"
     try:
+        inject_fault(part.name)
         part.body(settings, row)
     except Exception as err:
         traceback.print_exc()
@@ -816,6 +865,17 @@ def child(args: argparse.Namespace) -> int:
         return 1
     result_file.write_text(json.dumps(row, default=str))
     return 0
+
+
+def inject_fault(name: str) -> None:
+    """For the suite's own tests: ``GPU_SUITE_FAULTS=data:hang,reference:fail`` makes those
+    parts hang or fail, to show the driver's timeouts, failure records and skips."""
+    for item in os.environ.get("GPU_SUITE_FAULTS", "").split(","):
+        part, _, fault = item.partition(":")
+        if part == name and fault == "fail":
+            raise RuntimeError("injected fault (GPU_SUITE_FAULTS)")
+        if part == name and fault == "hang":
+            time.sleep(10**6)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -834,7 +894,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         type=float,
         help=f"seconds for the whole suite (default {DEFAULT_BUDGET_S}; smoke 600)",
     )
-    parser.add_argument("--workdir", type=Path, help="datasets, checkpoints, logs (default: a temp dir)")
+    parser.add_argument(
+        "--part-timeout", type=float, help="seconds for every part, instead of each one's own"
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="datasets, checkpoints, logs (default: a temp dir)"
+    )
     parser.add_argument("--part", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.parts = [x.strip() for x in args.parts.split(",") if x.strip()]

@@ -1,11 +1,11 @@
 """Training throughput of our step on a GPU: tokens/s/GPU, MFU, HFU and peak memory.
 
-What is measured: `pretrain.trainer.Trainer.train_step`, the step `pretrain train` runs, on a
-model built by `pretrain.engine.initialize` (DeepSpeed ZeRO-3, bf16, activation checkpointing
-through `train.activation_checkpointing`). Each configuration runs in a fresh process: it builds
-the trainer, runs ``--warmup`` steps untimed, then ``--steps`` timed steps with the device
-synchronised at both ends of the window. The tokens are synthetic (uniformly random ids): the
-trainer's loader is replaced by one that serves ready-made batches through the real causal-LM
+What is measured: `pretrain.train.trainer.Trainer.train_step`, the step `pretrain train` runs,
+on a model built by `pretrain.distributed.engine.initialize` (DeepSpeed ZeRO-3, bf16, activation
+checkpointing through `train.activation_checkpointing`). Each configuration runs in a fresh
+process: it builds the trainer, runs ``--warmup`` steps untimed, then ``--steps`` timed steps with
+the device synchronised at both ends of the window. The tokens are synthetic (uniformly random ids):
+the trainer's loader is replaced by one that serves ready-made batches through the real causal-LM
 collator, so the time is the step's alone, as with a loader whose prefetch keeps up. Random
 tokens change the loss, not the arithmetic. Everything else is the trainer's code: the
 target-count all-reduce, the learning-rate update, forward and backward through the DeepSpeed
@@ -257,7 +257,7 @@ def synthetic_data() -> Iterator[None]:
     `Trainer.__post_init__` opens a prepared dataset's manifest; a throughput run has none for
     a 50k-token vocabulary, and token values do not change the step's cost. Only the two loader
     classes the trainer module names are swapped, and only while the trainer is constructed."""
-    from pretrain import trainer
+    from pretrain.train import trainer
 
     with (
         mock.patch.object(trainer, "TrainLoader", SyntheticLoader),
@@ -320,9 +320,9 @@ def measure(config: Any, label: str, args: argparse.Namespace) -> dict[str, Any]
     import torch
     import torch.distributed as dist
 
-    from pretrain.engine import on_cpu
+    from pretrain.distributed.engine import on_cpu
     from pretrain.model import num_params
-    from pretrain.trainer import Trainer
+    from pretrain.train.trainer import Trainer
 
     with synthetic_data():
         trainer = Trainer(config)
@@ -446,7 +446,7 @@ def run_configuration(label: str, index: int, argv: Sequence[str]) -> dict[str, 
     with the first one's weights and optimizer state still allocated, and its peak memory would
     be wrong. Under torchrun every rank's driver starts its child for the same configuration
     together; the children form a new process group in torchrun's store under keys of their own,
-    the way a restarted attempt does (`pretrain.process_group.attempt_init_method`)."""
+    the way a restarted attempt does (`pretrain.distributed.process_group.attempt_init_method`)."""
     env = dict(os.environ)
     if "TORCHELASTIC_RESTART_COUNT" in env:
         env["TORCHELASTIC_RESTART_COUNT"] += f"-gpu_throughput{index}"

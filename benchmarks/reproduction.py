@@ -215,9 +215,9 @@ def checkpoint_baseline(step_dir: Path, settings: Mapping[str, Any]) -> UnigramB
     Imports no DeepSpeed."""
     from data_pipeline.configuration import load_config
     from pretrain.batch_loss import OBJECTIVES
-    from pretrain.checkpoint import read_marker
+    from pretrain.checkpoint.layout import read_marker
     from pretrain.config import ExperimentConfig
-    from pretrain.evaluation import EvalSettings, validation_loader
+    from pretrain.evaluate.loop import EvalSettings, validation_loader
     from pretrain.loader import TrainLoader
 
     marker = read_marker(step_dir)

@@ -22,13 +22,13 @@ def _guarded(name: str) -> Handler:
     def handler(args: argparse.Namespace) -> int:
         import importlib
 
-        from pretrain.checkpoint import CheckpointError
-        from pretrain.hf_format import UnsupportedExportError
+        from pretrain.checkpoint.layout import CheckpointError
+        from pretrain.checkpoint.tokenizer import TokenizerMismatchError
+        from pretrain.export.hf import UnsupportedExportError
         from pretrain.loader import ManifestError
         from pretrain.pretrained import ExportFormatError
-        from pretrain.tokenizer_source import TokenizerMismatchError
 
-        module: Any = importlib.import_module(f"pretrain.{name}")
+        module: Any = importlib.import_module(f"pretrain.{name}.command")
         try:
             code: int = module.main(args)
         except (

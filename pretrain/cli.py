@@ -36,9 +36,9 @@ def _run_train(args: argparse.Namespace) -> int:
     if config is None:
         return 0
     # Imported here: DeepSpeed and the model are heavy, and `pretrain config` needs neither.
-    from pretrain.checkpoint import CheckpointError
+    from pretrain.checkpoint.layout import CheckpointError
     from pretrain.loader import LoaderStateError, ManifestError
-    from pretrain.trainer import NonFiniteLossError, Trainer
+    from pretrain.train.trainer import NonFiniteLossError, Trainer
 
     try:
         Trainer(config).train()

@@ -181,7 +181,7 @@ class TrainConfig:
 
 @dataclass
 class EngineConfig:
-    """DeepSpeed settings; `pretrain.engine` turns these into DeepSpeed's own config dict."""
+    """DeepSpeed settings; `pretrain.distributed.engine` turns them into DeepSpeed's config dict."""
 
     zero_stage: int = 3
     precision: Precision = "bf16"

@@ -2,7 +2,7 @@
 
 The public surface (see docs/models.md): ``build_model``, the family classes, ``num_params``,
 ``flops_per_token``, incremental decoding (``decode_step``; sampling on top of it is
-``pretrain.sampling``), and ``shift_right`` for seq2seq decoder inputs.
+``pretrain.generate.sampling``), and ``shift_right`` for seq2seq decoder inputs.
 """
 
 from pretrain.model.build import FAMILIES, build_model, flops_per_token, num_params

@@ -26,11 +26,11 @@ from benchmarks.reproduction import (
 from data_pipeline.configuration import load_config, save_config
 from pretrain.batch_loss import OBJECTIVES
 from pretrain.config import ExperimentConfig
-from pretrain.evaluation import EvalSettings, evaluate_model, validation_loader
+from pretrain.evaluate.loop import EvalSettings, evaluate_model, validation_loader
 from pretrain.loader import Batch, TrainLoader, load_manifest
 from pretrain.model import LanguageModel
 from pretrain.objectives import IGNORE_INDEX
-from tests.trainer.conftest import experiment_file
+from tests.helpers.trained_runs import experiment_file
 
 FAMILIES = ("encoder", "encoder_decoder")
 SETTINGS = EvalSettings("validation", seq_len=16, mem_len=16, streams=4, batches=0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,14 +49,25 @@ class StepResult:
     fp16_overflow: bool = False  # DeepSpeed's loss scaler skipped the update (fp16 only)
 
 
-@dataclass
 class Trainer:
-    config: ExperimentConfig
-    faults: Faults = field(default_factory=Faults.from_env)
+    """One training run. The engine, the loaders and the tracker are built from ``config``
+    unless given: benchmarks and tests pass their own (synthetic batches, no validation, a
+    tracker they inspect) instead of patching this module. A given tracker is used as is; a
+    built one is created when `train` starts, so a resumed run continues its MLflow run."""
 
-    def __post_init__(self) -> None:
-        cfg = self.config
-        self.engine = eng.initialize(cfg)
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        *,
+        engine: eng.Engine | None = None,
+        loader: TrainLoader | None = None,
+        validation: ValidationLoader | None = None,
+        tracker: Tracker | None = None,
+        faults: Faults | None = None,
+    ) -> None:
+        self.config = cfg = config
+        self.faults = Faults.from_env() if faults is None else faults
+        self.engine = eng.initialize(cfg) if engine is None else engine
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self.device = eng.device_of(self.engine.model)
         self.family = cfg.model.family
@@ -70,15 +81,23 @@ class Trainer:
             "data_config": cfg.data,
             "expected_vocab_size": cfg.model.vocab_size,
         }
-        self.loader = TrainLoader(
-            cfg.data.manifest,
-            micro_batch_size=cfg.train.micro_batch_size,
-            grad_accum=cfg.train.grad_accum,
-            mem_len=cfg.model.mem_len,  # data.order auto: shuffled windows when no memory
-            **loader_args,
+        self.loader = (
+            loader
+            if loader is not None
+            else TrainLoader(
+                cfg.data.manifest,
+                micro_batch_size=cfg.train.micro_batch_size,
+                grad_accum=cfg.train.grad_accum,
+                mem_len=cfg.model.mem_len,  # data.order auto: shuffled windows when no memory
+                **loader_args,
+            )
         )
-        self.validation = ValidationLoader(
-            cfg.data.manifest, batch_size=cfg.train.micro_batch_size, **loader_args
+        self.validation = (
+            validation
+            if validation is not None
+            else ValidationLoader(
+                cfg.data.manifest, batch_size=cfg.train.micro_batch_size, **loader_args
+            )
         )
         self.pad_id = self.loader.source.manifest.special_ids["pad"]
         self.state = train_checkpoint.TrainerState(
@@ -93,7 +112,8 @@ class Trainer:
         )
         self.preemption = PreemptionFlag()
         self.fp16_overflows = 0
-        self.tracker: Tracker = Tracker()
+        self.tracker: Tracker = Tracker() if tracker is None else tracker
+        self.build_tracker = tracker is None
         self.tokens_per_step = (
             cfg.train.micro_batch_size * cfg.train.grad_accum * self.world_size * cfg.train.seq_len
         )
@@ -262,7 +282,8 @@ class Trainer:
             "dataset_fingerprint": self.loader.fingerprint,
             "hosts": ",".join(sorted(set(_all_hostnames()))),
         }
-        self.tracker = create_tracker(cfg, rank=self.rank, run_id=self.state.run_id, tags=tags)
+        if self.build_tracker:
+            self.tracker = create_tracker(cfg, rank=self.rank, run_id=self.state.run_id, tags=tags)
         self.state.run_id = _broadcast(self.tracker.run_id)
         if self.rank == 0 and isinstance(self.tracker.run_id, str):
             self.tracker.log_text(_json(self.engine.ds_config), "config/deepspeed.json")

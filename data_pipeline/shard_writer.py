@@ -114,9 +114,6 @@ class PlainTarWriter:
         self.fileobj.write(blob)
         self.offset += len(blob)
 
-    def write_member(self, name: str, data: bytes) -> None:
-        self.write_members(((name, data),))
-
     def write(self, obj: dict[str, Any]) -> None:
         key = obj["__key__"]
         self.write_members([(f"{key}.{k}", obj[k]) for k in sorted(obj) if not k.startswith("_")])
@@ -156,10 +153,6 @@ def stream_flushed(offset: int) -> int:
 
 def shard_name(split: str, unit: int, seq: int) -> str:
     return f"{split}-{unit:05d}-{seq:05d}.tar"
-
-
-def sample_key(unit: int, index: int) -> str:
-    return f"{unit:05d}-{index:08d}"
 
 
 def npy_header(dtype: np.dtype[Any] | str, length: int) -> bytes:

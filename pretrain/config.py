@@ -174,10 +174,6 @@ class TrainConfig:
         if self.activation_checkpointing == "every_n" and self.checkpoint_every_n_layers < 1:
             raise ValueError("checkpoint_every_n_layers must be >= 1")
 
-    @property
-    def samples_per_step_per_rank(self) -> int:
-        return self.micro_batch_size * self.grad_accum
-
 
 @dataclass
 class EngineConfig:

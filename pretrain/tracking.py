@@ -179,10 +179,6 @@ class MlflowTracker(Tracker):
         assert self.run_id is not None
         self.client.log_text(self.run_id, text, artifact_file)
 
-    def log_file(self, path: str | Path, artifact_dir: str | None = None) -> None:
-        assert self.run_id is not None
-        self.client.log_artifact(self.run_id, str(path), artifact_dir)
-
     def finish(self, status: str = "FINISHED") -> None:
         assert self.run_id is not None
         self.client.set_terminated(self.run_id, status=status)
@@ -198,28 +194,6 @@ def create_tracker(
     if rank != 0 or not config.tracking.enabled:
         return Tracker()
     return MlflowTracker(config, run_id=run_id, tags=tags)
-
-
-def read_run(tracking_uri: str, run_id: str) -> dict[str, Any]:
-    """A run's status, params, tags, latest metrics and artifact paths (for tests and tools)."""
-    client = MlflowClient(tracking_uri=tracking_uri)
-    run = client.get_run(run_id)
-    artifacts: list[str] = []
-    pending = [""]
-    while pending:
-        for item in client.list_artifacts(run_id, pending.pop() or None):
-            (pending if item.is_dir else artifacts).append(item.path)
-    return {
-        "status": run.info.status,
-        "params": dict(run.data.params),
-        "tags": dict(run.data.tags),
-        "metrics": dict(run.data.metrics),
-        "artifacts": sorted(artifacts),
-        "history": {
-            key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
-            for key in run.data.metrics
-        },
-    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.tracking import REDACTED, Tracker, create_tracker, read_run, redact
+from pretrain.tracking import REDACTED, Tracker, create_tracker, redact
 from tests.conftest import tiny_experiment
+from tests.helpers.reference import read_run
 
 
 def test_rank_zero_logs_a_complete_run(tmp_path: Path) -> None:

@@ -19,8 +19,9 @@ from pretrain.config import ExperimentConfig
 from pretrain.evaluate.command import run_evaluation
 from pretrain.evaluate.loop import EvalSettings, evaluate_model, validation_loader
 from pretrain.model import build_model
-from pretrain.tracking import TRAINING_RUN_TAG, read_run
+from pretrain.tracking import TRAINING_RUN_TAG
 from tests.helpers.distributed import run_cli_distributed
+from tests.helpers.reference import read_run
 from tests.helpers.trained_runs import XL_HALF, XL_STEPS, TrainedRun, experiment_file
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from pretrain.checkpoint import layout as ckpt
-from pretrain.tracking import read_run
 from tests.helpers.distributed import REPO_ROOT, distributed_env
+from tests.helpers.reference import read_run
 from tests.launch.jobs import OVERRIDES, STEPS, dry_run, experiment, wait_for_checkpoint
 from tests.launch.slurm_cluster import (
     SlurmCluster,

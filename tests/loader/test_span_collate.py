@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pretrain.loader.collate import Row, SpanCollator, _segment_lengths, make_collator
-from pretrain.objectives import reconstruct_from_spans, span_corruption, span_counts
+from pretrain.objectives import span_corruption, span_counts
+from tests.helpers.reference import reconstruct_from_spans
 from tests.loader.shard_fixture import BOS, EOS, MASK, PAD, SENTINELS, UNK, VOCAB_SIZE
 
 SPECIAL_IDS = {"pad": PAD, "bos": BOS, "eos": EOS, "unk": UNK, "mask": MASK, "sentinels": SENTINELS}

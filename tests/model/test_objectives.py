@@ -14,7 +14,6 @@ from pretrain.objectives import (
     mask_tokens,
     masked_lm_loss,
     random_spans_noise_mask,
-    reconstruct_from_spans,
     seq2seq_loss,
     shift_right,
     span_corruption,
@@ -22,6 +21,7 @@ from pretrain.objectives import (
     span_counts,
     token_loss_sum,
 )
+from tests.helpers.reference import reconstruct_from_spans
 
 VOCAB = 50
 SPECIAL = (0, 1, 2)  # pad, bos, eos

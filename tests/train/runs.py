@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 
 from pretrain.checkpoint import layout as ckpt
-from pretrain.tracking import read_run
 from tests.helpers.distributed import (
     DistributedRun,
     RunningJob,
     run_cli_distributed,
     start_cli_distributed,
 )
+from tests.helpers.reference import read_run
 
 
 def train(

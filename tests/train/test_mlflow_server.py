@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.tracking import read_run
+from tests.helpers.reference import read_run
 from tests.helpers.trained_runs import experiment_file
 from tests.train.runs import rank0, run_id, train
 

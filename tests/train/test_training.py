@@ -48,7 +48,7 @@ def test_a_nonfinite_loss_leaves_the_weights_unchanged(char_manifest: Path, tmp_
     step4 = weights(root, 4)
     assert any(not torch.equal(step4[k], v) for k, v in weights(root, 3).items())
     assert losses(tmp_path)[3] != losses(tmp_path)[3]  # NaN: the logged loss says what happened
-    from pretrain.tracking import read_run
+    from tests.helpers.reference import read_run
     from tests.train.runs import run_id
 
     history = read_run(f"sqlite:///{tmp_path / 'mlflow.db'}", run_id(root))["history"]

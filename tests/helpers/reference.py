@@ -1,0 +1,65 @@
+"""Test-only references: code the product does not need, used to check the product.
+
+`reconstruct_from_spans` inverts span corruption in plain Python (sharing no code with the
+vectorised `pretrain.objectives.span_corruption`, so agreement means something); `read_run`
+reads an MLflow run back whole (status, params, tags, metrics with history, artifacts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mlflow.tracking import MlflowClient
+from torch import Tensor
+
+
+def reconstruct_from_spans(
+    encoder_inputs: Tensor, decoder_targets: Tensor, *, sentinel_ids: Sequence[int]
+) -> list[list[int]]:
+    """Invert :func:`span_corruption`: each row's original tokens, as lists.
+
+    Written with plain Python on purpose:
+    it shares no code with the vectorised corruption, so agreement between the two means
+    something. Each output drops its final EOS (the last position; rows are never padded) and
+    replaces every sentinel in the input by the tokens that follow it in the targets.
+    """
+    sentinel_set = set(sentinel_ids)
+    rows = []
+    for enc_row, dec_row in zip(encoder_inputs.tolist(), decoder_targets.tolist(), strict=True):
+        spans: dict[int, list[int]] = {}
+        current: list[int] | None = None
+        for token in dec_row[:-1]:
+            if token in sentinel_set:
+                current = spans.setdefault(token, [])
+            elif current is None:
+                raise ValueError("decoder targets must start with a sentinel")
+            else:
+                current.append(token)
+        original: list[int] = []
+        for token in enc_row[:-1]:
+            original.extend(spans[token] if token in sentinel_set else [token])
+        rows.append(original)
+    return rows
+
+
+def read_run(tracking_uri: str, run_id: str) -> dict[str, Any]:
+    """A run's status, params, tags, latest metrics and artifact paths ."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.get_run(run_id)
+    artifacts: list[str] = []
+    pending = [""]
+    while pending:
+        for item in client.list_artifacts(run_id, pending.pop() or None):
+            (pending if item.is_dir else artifacts).append(item.path)
+    return {
+        "status": run.info.status,
+        "params": dict(run.data.params),
+        "tags": dict(run.data.tags),
+        "metrics": dict(run.data.metrics),
+        "artifacts": sorted(artifacts),
+        "history": {
+            key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+            for key in run.data.metrics
+        },
+    }

@@ -24,13 +24,18 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 
+from data_pipeline.configuration import flatten
+from pretrain.config import ExperimentConfig
+
 MARKER = "COMMITTED"
 LATEST = "latest"
+CONFIG_FILE = "config.yaml"  # the run's resolved config, in every step directory
+DS_CONFIG_FILE = "ds_config.json"  # the DeepSpeed config dict the run used
 _STEP_DIR = re.compile(r"^step_(\d{7,})$")
 
 
@@ -124,6 +129,27 @@ def step_dirs(root: str | Path) -> list[tuple[int, Path]]:
         if match and child.is_dir():
             found.append((int(match.group(1)), child))
     return sorted(found)
+
+
+def split_path(path: str | Path) -> tuple[Path, int | None]:
+    """(checkpoint root, step): the one answer to "is this a checkpoint root or a step
+    directory". A root (``checkpoint.dir``: it holds step directories) gives ``(path, None)``;
+    one ``step_NNNNNNN`` directory gives ``(its root, its step)``; anything else is refused."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file, not a checkpoint directory")
+    if step_dirs(path):
+        return path, None
+    as_step = [s for s, p in step_dirs(path.parent) if p.resolve() == path.resolve()]
+    if not as_step:
+        raise CheckpointError(
+            f"{path} is not a checkpoint directory: it holds no step_NNNNNNN directories "
+            "and is not one itself (pass checkpoint.dir of a training run, or one of its "
+            "step directories)"
+        )
+    return path.parent, as_step[0]
 
 
 def committed_steps(root: str | Path) -> list[int]:
@@ -234,3 +260,32 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is missing")
     state: dict[str, Any] = torch.load(path, weights_only=True, map_location="cpu")
     return state
+
+
+# -- which config keys may change -------------------------------------------------------------
+
+# At resume: a change to these makes the checkpoint meaningless for the run (the weights, the
+# data order or the memory layout would not line up). Anything else may change, and is reported.
+FIXED_AT_RESUME = ("model.", "data.manifest", "data.train_split", "data.seed", "train.seq_len")
+# When a step is read (evaluate, export, generate): every model key is fixed except these, which
+# change how the weights are used, not their shapes. Anything outside model.* may change.
+TUNABLE_WHEN_READING = ("model.mem_len", "model.dropout", "model.attn_dropout")
+
+
+def config_changes(
+    saved: ExperimentConfig, new: ExperimentConfig, *, at: Literal["resume", "read"]
+) -> tuple[list[str], list[str]]:
+    """(refused, allowed) differences between a step's saved config and ``new``, each as
+    'key: old -> new', for a run resuming the step (``at="resume"``) or a reader of it."""
+    before, after = flatten(saved), flatten(new)
+    refused: list[str] = []
+    allowed: list[str] = []
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key):
+            line = f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+            if at == "resume":
+                fixed = key.startswith(FIXED_AT_RESUME)
+            else:
+                fixed = key.startswith("model.") and key not in TUNABLE_WHEN_READING
+            (refused if fixed else allowed).append(line)
+    return refused, allowed

@@ -5,8 +5,9 @@ and build an ordinary (unpartitioned) model from them.
 `evaluate`, `export` and `generate` start here. Verification comes first, so a missing step, an
 uncommitted save, a corrupt file or a directory that is not a checkpoint is reported in words
 before DeepSpeed reads a byte. Consolidation uses DeepSpeed's own ``zero_to_fp32`` reader (the
-optimizer-state shards hold the fp32 master weights, in DeepSpeed's pickled format), imported
-only when weights are actually read.
+optimizer-state shards hold the fp32 master weights, in DeepSpeed's pickled format) through
+`pretrain.distributed.engine.read_zero_checkpoint`; that module, and so DeepSpeed, is imported
+when weights are actually read, not when this one is.
 """
 
 from __future__ import annotations
@@ -19,16 +20,12 @@ from typing import Any
 
 import torch
 
-from data_pipeline.configuration import ConfigError, flatten, load_config
+from data_pipeline.configuration import ConfigError, load_config
 from pretrain.checkpoint import layout as ckpt
-from pretrain.checkpoint.state import CONFIG_FILE
 from pretrain.config import ExperimentConfig
 from pretrain.model import LanguageModel, build_model
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-
-# Model keys an evaluation may change: they alter how the weights are used, not their shapes.
-_TUNABLE_MODEL_KEYS = ("model.mem_len", "model.dropout", "model.attn_dropout")
 
 
 @dataclass
@@ -64,23 +61,13 @@ class Checkpoint:
 def locate(path: str | Path, step: int | None = None) -> ckpt.ResumePoint:
     """The committed, verified step for ``path``: a checkpoint root (``checkpoint.dir``, newest
     verified step unless ``step``) or one ``step_NNNNNNN`` directory."""
-    path = Path(path)
-    if not path.exists():
-        raise ckpt.CheckpointError(f"{path} does not exist")
-    if not path.is_dir():
-        raise ckpt.CheckpointError(f"{path} is a file, not a checkpoint directory")
+    root, as_step = ckpt.split_path(path)
+    if as_step is not None:
+        if step is not None and step != as_step:
+            raise ckpt.CheckpointError(f"{path} is step {as_step}, but --step {step} was given")
+        step = as_step
+    path = root
     steps_here = ckpt.step_dirs(path)
-    if not steps_here:
-        as_step = [s for s, p in ckpt.step_dirs(path.parent) if p.resolve() == path.resolve()]
-        if not as_step:
-            raise ckpt.CheckpointError(
-                f"{path} is not a checkpoint directory: it holds no step_NNNNNNN directories "
-                "and is not one itself (pass checkpoint.dir of a training run, or one of its "
-                "step directories)"
-            )
-        if step is not None and step != as_step[0]:
-            raise ckpt.CheckpointError(f"{path} is step {as_step[0]}, but --step {step} was given")
-        path, step = path.parent, as_step[0]
     if step is not None:
         point = ckpt.find_resume_point(path, step=step)
         assert point is not None  # an explicit step raises instead of returning None
@@ -109,23 +96,18 @@ def open_checkpoint(
     batch size, precision, tracking, ``model.mem_len``); other ``model.*`` keys are refused.
     """
     point = locate(path, step)
-    config_path = point.directory / CONFIG_FILE
+    config_path = point.directory / ckpt.CONFIG_FILE
     try:
         saved = load_config(ExperimentConfig, config_path)
         config = load_config(ExperimentConfig, config_path, list(overrides))
     except ConfigError as err:
         raise ckpt.CheckpointError(f"cannot use the checkpoint's config: {err}") from None
-    before, after = flatten(saved.model, "model"), flatten(config.model, "model")
-    fixed = [
-        f"{key}: {before[key]!r} -> {after[key]!r}"
-        for key in sorted(before)
-        if before[key] != after[key] and key not in _TUNABLE_MODEL_KEYS
-    ]
+    fixed, _ = ckpt.config_changes(saved, config, at="read")
     if fixed:
         raise ckpt.CheckpointError(
             "these overrides change the architecture the weights were trained for:\n  "
             + "\n  ".join(fixed)
-            + f"\nonly {', '.join(_TUNABLE_MODEL_KEYS)} may change"
+            + f"\nonly {', '.join(ckpt.TUNABLE_WHEN_READING)} may change"
         )
     return Checkpoint(point, config, saved)
 

@@ -17,18 +17,11 @@ from typing import Any
 import torch.distributed as dist
 from torch import Tensor
 
-from data_pipeline.configuration import ConfigError, flatten, load_config, save_config
+from data_pipeline.configuration import ConfigError, load_config, save_config
 from pretrain.checkpoint import layout as ckpt
 from pretrain.config import ExperimentConfig
 from pretrain.distributed import engine as eng
 from pretrain.faults import Faults
-
-CONFIG_FILE = "config.yaml"
-DS_CONFIG_FILE = "ds_config.json"
-
-# Keys whose change makes a checkpoint meaningless for this run (the weights, the data order or
-# the memory layout would not line up). Anything else may change on resume, and is reported.
-_FIXED_PREFIXES = ("model.", "data.manifest", "data.train_split", "data.seed", "train.seq_len")
 
 
 @dataclass
@@ -46,18 +39,6 @@ class TrainerState:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-def config_changes(old: ExperimentConfig, new: ExperimentConfig) -> tuple[list[str], list[str]]:
-    """(fatal, allowed) differences, each as 'key: old -> new'."""
-    before, after = flatten(old), flatten(new)
-    fatal: list[str] = []
-    allowed: list[str] = []
-    for key in sorted(set(before) | set(after)):
-        if before.get(key) != after.get(key):
-            line = f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
-            (fatal if key.startswith(_FIXED_PREFIXES) else allowed).append(line)
-    return fatal, allowed
 
 
 def save(
@@ -82,8 +63,8 @@ def save(
     faults.die_in_save(state.step, rank)
     ckpt.save_trainer_state(ckpt.trainer_state_path(directory, rank), state.to_dict())
     if rank == 0:
-        save_config(config, directory / CONFIG_FILE)
-        (directory / DS_CONFIG_FILE).write_text(json.dumps(engine.ds_config, indent=1))
+        save_config(config, directory / ckpt.CONFIG_FILE)
+        (directory / ckpt.DS_CONFIG_FILE).write_text(json.dumps(engine.ds_config, indent=1))
     dist.barrier()  # every rank's files are complete before the step is sealed
     if rank == 0:
         ckpt.commit(directory, step=state.step, world_size=world_size, extra=extra)
@@ -102,8 +83,12 @@ def choose_resume_point(config: ExperimentConfig) -> ckpt.ResumePoint | None:
                 config.checkpoint.dir, report=lambda msg: print(f"warning: {msg}", flush=True)
             )
         else:
-            directory = Path(resume)
-            point = ckpt.find_resume_point(directory.parent, step=_step_of(directory))
+            root, step = ckpt.split_path(resume)
+            if step is None:
+                raise ckpt.CheckpointError(
+                    f"{resume} is not a checkpoint step directory (step_NNNNNNN)"
+                )
+            point = ckpt.find_resume_point(root, step=step)
         choice[0] = None if point is None else (point.step, str(point.directory), point.marker)
     dist.broadcast_object_list(choice, src=0)
     if choice[0] is None:
@@ -112,20 +97,13 @@ def choose_resume_point(config: ExperimentConfig) -> ckpt.ResumePoint | None:
     return ckpt.ResumePoint(step, Path(directory), marker)
 
 
-def _step_of(directory: Path) -> int:
-    steps = [step for step, path in ckpt.step_dirs(directory.parent) if path == directory]
-    if not steps:
-        raise ckpt.CheckpointError(f"{directory} is not a checkpoint step directory (step_NNNNNNN)")
-    return steps[0]
-
-
 def check_compatible(point: ckpt.ResumePoint, config: ExperimentConfig) -> list[str]:
     """Refuse a checkpoint whose run cannot continue as this config; return allowed changes."""
     try:
-        saved = load_config(ExperimentConfig, point.directory / CONFIG_FILE)
+        saved = load_config(ExperimentConfig, point.directory / ckpt.CONFIG_FILE)
     except ConfigError as err:
         raise ckpt.CheckpointError(f"cannot read the checkpoint's config: {err}") from None
-    fatal, allowed = config_changes(saved, config)
+    fatal, allowed = ckpt.config_changes(saved, config, at="resume")
     if fatal:
         raise ckpt.CheckpointError(
             f"the checkpoint at {point.directory} was written by a run that differs in ways "

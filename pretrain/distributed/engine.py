@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pretrain.config import EngineConfig, ExperimentConfig, TrainConfig
 from pretrain.distributed import process_group
-from pretrain.model import LanguageModel, build_model
+from pretrain.model import FAMILIES, LanguageModel
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -125,9 +125,11 @@ def gather_for_init(params: list[nn.Parameter]) -> AbstractContextManager[object
 
 
 def build_partitioned_model(config: ExperimentConfig, ds_config: dict[str, Any]) -> LanguageModel:
+    """The family's class built under ``zero.Init`` (parameters allocated, not initialised),
+    then initialised once, module by module, through ``gather_for_init``."""
     torch.manual_seed(config.train.seed)  # same initial weights for any world size
     with zero_init(config, ds_config):
-        model = build_model(config.model)
+        model = FAMILIES[config.model.family](config.model)
     model.init_weights(gather_for_init)
     return model
 

@@ -102,7 +102,6 @@ def run_evaluation(
         world_size=world_size,
         expected_tokenizer_hash=expected_hash,
     )
-    pad_id = int(data_manifest.special_ids["pad"])
     lengths = (
         sorted({*sweep_lengths(sweep, config), settings.mem_len}) if sweep else [settings.mem_len]
     )
@@ -111,7 +110,7 @@ def run_evaluation(
     rows = []
     for mem_len in lengths:
         current = EvalSettings(**{**asdict(settings), "mem_len": mem_len})
-        metrics = evaluate_model(model, loader, current, pad_id=pad_id, device=device)
+        metrics = evaluate_model(model, loader, current, family=config.model.family, device=device)
         rows.append({"mem_len": mem_len, **metrics})
     main = next(r for r in rows if r["mem_len"] == settings.mem_len)
     return {

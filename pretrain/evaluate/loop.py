@@ -18,12 +18,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from pretrain.batch_loss import OBJECTIVES, Mems
+from pretrain.batch_loss import OBJECTIVES, Mems, forward_loss
 from pretrain.config import ExperimentConfig, Family
 from pretrain.distributed.process_group import all_reduce_sum
-from pretrain.loader import Batch, ValidationLoader
-from pretrain.model import LanguageModel
-from pretrain.objectives import IGNORE_INDEX, shift_right, token_loss_sum
+from pretrain.loader import ValidationLoader
 
 LOSS_NAMES: dict[Family, str] = {
     "decoder": "next-token loss",
@@ -39,25 +37,6 @@ class EvalSettings:
     mem_len: int  # Transformer-XL memory per layer; 0 evaluates every segment on its own
     streams: int  # one-pass streams over the split, over all processes
     batches: int  # segments per stream to evaluate; 0: the whole split
-
-
-def _forward(
-    model: Callable[..., tuple[Tensor, Mems]],
-    batch: Batch,
-    mems: Mems | None,
-    family: Family,
-    pad_id: int,
-) -> tuple[Tensor, Tensor, Mems]:
-    """(logits, targets with IGNORE_INDEX where nothing is predicted, new memory)."""
-    if family == "decoder":
-        logits, new_mems = model(batch["input_ids"], mems)
-        return logits, batch["targets"], new_mems
-    if family == "encoder":
-        logits, new_mems = model(batch["input_ids"], mems)
-        return logits, batch["labels"], new_mems
-    targets = batch["decoder_targets"]
-    logits, new_mems = model(batch["encoder_input_ids"], shift_right(targets, pad_id), mems)
-    return logits, targets.masked_fill(targets == pad_id, IGNORE_INDEX), new_mems
 
 
 def validation_loader(
@@ -90,30 +69,33 @@ def validation_loader(
 
 @torch.no_grad()
 def evaluate_model(
-    model: LanguageModel,
+    model: Callable[..., tuple[Tensor, Mems]],
     loader: ValidationLoader,
     settings: EvalSettings,
     *,
-    pad_id: int,
+    family: Family,
     device: torch.device,
 ) -> dict[str, float]:
     """loss (mean nats per target), perplexity, accuracy and targets over the first
-    ``settings.batches`` batches of ``loader`` (all of them for 0); bits per byte and bytes per
-    token for decoders. Sums are reduced over the process group when there is one."""
-    family: Family = model.config.family
+    ``settings.batches`` batches of ``loader`` (all of them for 0), memory of
+    ``settings.mem_len`` carried from each batch to the next; bits per byte and bytes per token
+    for decoders. ``model`` is a plain module (`pretrain evaluate`) or the trainer's DeepSpeed
+    engine (its validation). Sums are reduced over the process group when there is one."""
     run = functools.partial(model, mem_len=settings.mem_len)
+    batches = settings.batches
     totals = torch.zeros(3, dtype=torch.float64)  # summed loss, targets, correct predictions
     mems: Mems | None = None
-    limit = settings.batches if settings.batches > 0 else len(loader)
+    limit = batches if batches > 0 else len(loader)
     for index, batch in enumerate(loader):
         if index >= limit:
             break
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits, targets, new_mems = _forward(run, batch, mems, family, pad_id)
-        mems = new_mems or None
-        loss_sum, count = token_loss_sum(logits, targets)
-        correct = (logits.argmax(dim=-1) == targets).sum()  # IGNORE_INDEX never equals an id
-        totals += torch.tensor([float(loss_sum), float(count), float(correct)], dtype=torch.float64)
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        parts = forward_loss(run, batch, mems, family)
+        mems = parts.new_mems or None
+        correct = (parts.logits.argmax(dim=-1) == parts.labels).sum()  # never IGNORE_INDEX
+        totals += torch.tensor(
+            [float(parts.loss_sum), float(parts.targets), float(correct)], dtype=torch.float64
+        )
     totals = all_reduce_sum(totals)
     targets_total = float(totals[1])
     loss = float(totals[0] / totals[1].clamp(min=1))
@@ -125,7 +107,7 @@ def evaluate_model(
     }
     if family == "decoder":
         # The manifest counts the split's UTF-8 bytes and tokens exactly; their ratio turns
-        # nats per token into bits per byte (the trainer's val/bits_per_byte, same formula).
+        # nats per token into bits per byte.
         bytes_per_token = loader.utf8_bytes / max(1, loader.tokens)
         metrics["bytes_per_token"] = bytes_per_token
         metrics["bits_per_byte"] = loss / math.log(2) / bytes_per_token

@@ -20,18 +20,21 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pretrain.batch_loss import OBJECTIVES, Mems, forward_loss, target_count
+from pretrain.batch_loss import OBJECTIVES, forward_loss, target_count
 from pretrain.checkpoint import layout as ckpt
 from pretrain.checkpoint import state as train_checkpoint
 from pretrain.config import ExperimentConfig
 from pretrain.distributed import engine as eng
 from pretrain.distributed.process_group import all_reduce_sum
+from pretrain.evaluate.loop import EvalSettings, evaluate_model
 from pretrain.faults import Faults
 from pretrain.loader import Batch, TrainLoader, ValidationLoader
 from pretrain.model import flops_per_token
 from pretrain.tracking import Tracker, create_tracker
 from pretrain.train.preemption import Preempted, PreemptionFlag
 from pretrain.train.schedules import learning_rate
+
+VALIDATION_METRICS = ("loss", "perplexity", "tokens", "bits_per_byte")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -99,7 +102,6 @@ class Trainer:
                 cfg.data.manifest, batch_size=cfg.train.micro_batch_size, **loader_args
             )
         )
-        self.pad_id = self.loader.source.manifest.special_ids["pad"]
         self.state = train_checkpoint.TrainerState(
             step=0,
             tokens_seen=0,
@@ -132,7 +134,7 @@ class Trainer:
         what gets cancelled, on every rank together (`train_step`).
         """
         mems = self.state.mems[slot] or None
-        parts = forward_loss(self.engine.model, batch, mems, self.family, self.pad_id)
+        parts = forward_loss(self.engine.model, batch, mems, self.family)
         loss_sum = parts.loss_sum
         if self.faults.active("nonfinite", self.state.step + 1, self.rank):
             loss_sum = loss_sum * float("nan")
@@ -158,9 +160,7 @@ class Trainer:
         wait_start = time.perf_counter()
         batches = [self._to_device(b) for b in self.loader.next_step()]
         data_wait = time.perf_counter() - wait_start
-        counts = torch.tensor(
-            [float(sum(target_count(b, self.family, self.pad_id) for b in batches))]
-        )
+        counts = torch.tensor([float(sum(target_count(b, self.family) for b in batches))])
         counts = all_reduce_sum(counts)  # the step's target tokens over all ranks
         global_targets = max(1.0, float(counts[0]))
         scale = cfg.train.grad_accum * self.world_size / global_targets
@@ -193,39 +193,31 @@ class Trainer:
 
     # -- validation -------------------------------------------------------------------------
 
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Loss, perplexity and bits per byte over the validation split (or its first
-        ``eval_batches`` batches), memory carried along each row's stream."""
+        ``eval_batches`` batches), memory carried along each row's stream: the evaluation loop
+        of `pretrain evaluate`, run on the engine."""
         cfg = self.config
+        settings = EvalSettings(
+            split=cfg.data.validation_split,
+            seq_len=cfg.train.seq_len,
+            mem_len=cfg.model.mem_len,
+            streams=self.world_size * cfg.train.micro_batch_size,
+            batches=cfg.train.eval_batches,
+        )
         self.engine.model.eval()
-        totals = torch.zeros(2, dtype=torch.float64)  # summed loss, target tokens
-        mems: Mems | None = None
-        limit = cfg.train.eval_batches if cfg.train.eval_batches > 0 else len(self.validation)
-        for index, batch in enumerate(self.validation):
-            if index >= limit:
-                break
-            parts = forward_loss(
-                self.engine.model, self._to_device(batch), mems, self.family, self.pad_id
+        try:
+            metrics = evaluate_model(
+                self.engine.model,
+                self.validation,
+                settings,
+                family=self.family,
+                device=self.device,
             )
-            mems = parts.new_mems or None
-            totals += torch.tensor(
-                [float(parts.loss_sum), float(parts.targets)], dtype=torch.float64
-            )
-        totals = all_reduce_sum(totals)
-        self.engine.model.train()
-        loss = float(totals[0] / totals[1].clamp(min=1))
-        metrics = {
-            "val/loss": loss,
-            "val/perplexity": math.exp(min(loss, 50.0)),
-            "val/tokens": float(totals[1]),
-        }
-        if self.family == "decoder":
-            # Bytes per token of the split (exact over the whole split) turns nats/token into
-            # bits/byte.
-            bytes_per_token = self.validation.utf8_bytes / max(1, self.validation.tokens)
-            metrics["val/bits_per_byte"] = loss / math.log(2) / bytes_per_token
-        return metrics
+        finally:
+            self.engine.model.train()
+        # What the training run logs of them (accuracy and bytes/token are evaluate's).
+        return {f"val/{k}": v for k, v in metrics.items() if k in VALIDATION_METRICS}
 
     # -- checkpoints ------------------------------------------------------------------------
 

@@ -99,7 +99,9 @@ def test_other_families_report_their_objectives(char_manifest: Path, tmp_path: P
             config, str(char_manifest), settings, rank=0, world_size=1, expected_tokenizer_hash=None
         )
         model = build_model(config.model).eval()
-        metrics = evaluate_model(model, loader, settings, pad_id=3, device=torch.device("cpu"))
+        metrics = evaluate_model(
+            model, loader, settings, family=config.model.family, device=torch.device("cpu")
+        )
         assert metrics["tokens"] > 0 and 0.0 <= metrics["accuracy"] <= 1.0
         assert metrics["loss"] == pytest.approx(math.log(config.model.vocab_size), rel=0.1)
         assert "bits_per_byte" not in metrics

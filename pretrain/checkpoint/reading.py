@@ -24,8 +24,7 @@ from data_pipeline.configuration import ConfigError, load_config
 from pretrain.checkpoint import layout as ckpt
 from pretrain.config import ExperimentConfig
 from pretrain.model import LanguageModel, build_model
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+from pretrain.model.build import DTYPES
 
 
 @dataclass

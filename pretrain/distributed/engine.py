@@ -27,8 +27,7 @@ from torch.utils.checkpoint import checkpoint
 from pretrain.config import EngineConfig, ExperimentConfig, TrainConfig
 from pretrain.distributed import process_group
 from pretrain.model import FAMILIES, LanguageModel
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+from pretrain.model.build import DTYPES
 
 
 def on_cpu() -> bool:

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from pretrain.checkpoint.reading import (
-    DTYPES,
     Checkpoint,
     consolidated_state_dict,
     model_from_state,
@@ -23,6 +22,7 @@ from pretrain.checkpoint.reading import (
 )
 from pretrain.checkpoint.tokenizer import manifest_tokenizer, training_manifest
 from pretrain.export.hf import architecture, save_hf
+from pretrain.model.build import DTYPES
 from pretrain.pretrained import INFO_FILE, TOKENIZER_DIR, save_pretrained
 
 

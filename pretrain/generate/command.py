@@ -17,9 +17,8 @@ import torch
 from data_pipeline.tokenizer import Tokenizer
 from pretrain.generate.sampling import SamplingConfig, sample
 from pretrain.model import Decoder, LanguageModel
+from pretrain.model.build import DTYPES
 from pretrain.pretrained import is_export, load_pretrained
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass

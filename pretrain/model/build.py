@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import torch
+
 from pretrain.config import ModelConfig
 from pretrain.model.families import Decoder, Encoder, EncoderDecoder, LanguageModel
+
+# engine.precision (and the --precision / --dtype options) -> the torch dtype of the weights
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 FAMILIES: dict[str, type[LanguageModel]] = {
     "decoder": Decoder,

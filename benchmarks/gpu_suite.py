@@ -359,7 +359,7 @@ tracking:
 def training_run(experiment: Path) -> tuple[str, dict[str, Any]]:
     """(MLflow run id, `pretrain.tracking.read_run` of it) for a finished `pretrain train`: the
     run id is in the last committed checkpoint's marker, as the trainer tests read it."""
-    from pretrain import checkpoint as ckpt
+    from pretrain.checkpoint import layout as ckpt
     from pretrain.tracking import read_run
 
     checkpoints = experiment.parent / "checkpoints"
@@ -454,7 +454,7 @@ def part_nccl(settings: Settings, row: dict[str, Any]) -> None:
     )
     run_id, run_data = training_run(experiment)
     checkpoints = experiment.parent / "checkpoints"
-    from pretrain import checkpoint as ckpt
+    from pretrain.checkpoint import layout as ckpt
 
     committed = ckpt.committed_steps(checkpoints)
     row.update(

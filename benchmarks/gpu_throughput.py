@@ -1,11 +1,11 @@
 """Training throughput of our step on a GPU: tokens/s/GPU, MFU, HFU and peak memory.
 
-What is measured: `pretrain.trainer.Trainer.train_step`, the step `pretrain train` runs, on a
-model built by `pretrain.engine.initialize` (DeepSpeed ZeRO-3, bf16, activation checkpointing
-through `train.activation_checkpointing`). Each configuration runs in a fresh process: it builds
-the trainer, runs ``--warmup`` steps untimed, then ``--steps`` timed steps with the device
-synchronised at both ends of the window. The tokens are synthetic (uniformly random ids): the
-trainer's loader is replaced by one that serves ready-made batches through the real causal-LM
+What is measured: `pretrain.train.trainer.Trainer.train_step`, the step `pretrain train` runs,
+on a model built by `pretrain.distributed.engine.initialize` (DeepSpeed ZeRO-3, bf16, activation
+checkpointing through `train.activation_checkpointing`). Each configuration runs in a fresh
+process: it builds the trainer, runs ``--warmup`` steps untimed, then ``--steps`` timed steps with
+the device synchronised at both ends of the window. The tokens are synthetic (uniformly random ids):
+the trainer is given a loader that serves ready-made batches through the real causal-LM
 collator, so the time is the step's alone, as with a loader whose prefetch keeps up. Random
 tokens change the loss, not the arithmetic. Everything else is the trainer's code: the
 target-count all-reduce, the learning-rate update, forward and backward through the DeepSpeed
@@ -56,12 +56,10 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
-from unittest import mock
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
 # Measure this checkout's code, also where it is not pip-installed (a fresh GPU machine) and
@@ -203,21 +201,21 @@ class SyntheticLoader:
 
     POOL = 4  # distinct steps, cycled
 
-    def __init__(self, *_: Any, **kwargs: Any) -> None:
+    def __init__(self, config: Any, rank: int) -> None:
         import numpy as np
 
         from pretrain.loader.collate import CausalLMCollator
 
-        if kwargs["objective"] != "causal_lm":
+        if config.model.family != "decoder":
             raise SystemExit(
-                f"the benchmark feeds causal-LM batches; objective {kwargs['objective']!r} "
+                f"the benchmark feeds causal-LM batches; family {config.model.family!r} "
                 "(a non-decoder model) is not supported"
             )
-        seq_len, vocab = kwargs["seq_len"], kwargs["expected_vocab_size"]
-        rows_per_batch, grad_accum = kwargs["micro_batch_size"], kwargs["grad_accum"]
+        seq_len, vocab = config.train.seq_len, config.model.vocab_size
+        rows_per_batch, grad_accum = config.train.micro_batch_size, config.train.grad_accum
         self.pad_id = 0  # there is no padding: every row is seq_len + 1 real tokens
         collate = CausalLMCollator(self.pad_id)
-        rng = np.random.default_rng([kwargs["seed"], kwargs["rank"]])  # ranks see different data
+        rng = np.random.default_rng([config.data.seed, rank])  # ranks see different data
         no_starts = np.zeros(seq_len + 1, dtype=bool)
 
         def batch() -> dict[str, Any]:
@@ -243,27 +241,28 @@ class SyntheticLoader:
 class NoValidation:
     """Stands in for `ValidationLoader`; validation is not part of the measured step."""
 
-    def __init__(self, *_: Any, **__: Any) -> None:
-        pass
-
     def __iter__(self) -> Iterator[Any]:
         raise RuntimeError("gpu_throughput measures training steps only; validation is disabled")
 
 
-@contextmanager
-def synthetic_data() -> Iterator[None]:
-    """Build a real `Trainer` whose loaders are the stand-ins above.
+def synthetic_trainer(config: Any) -> Any:
+    """A real `Trainer` (real engine, real step) fed by the stand-ins above.
 
-    `Trainer.__post_init__` opens a prepared dataset's manifest; a throughput run has none for
-    a 50k-token vocabulary, and token values do not change the step's cost. Only the two loader
-    classes the trainer module names are swapped, and only while the trainer is constructed."""
-    from pretrain import trainer
+    A real loader opens a prepared dataset's manifest; a throughput run has none for a
+    50k-token vocabulary, and token values do not change the step's cost. So the trainer is
+    given its loaders instead of building them from the config."""
+    import torch.distributed as dist
 
-    with (
-        mock.patch.object(trainer, "TrainLoader", SyntheticLoader),
-        mock.patch.object(trainer, "ValidationLoader", NoValidation),
-    ):
-        yield
+    from pretrain.distributed import engine as eng
+    from pretrain.train.trainer import Trainer
+
+    engine = eng.initialize(config)
+    return Trainer(
+        config,
+        engine=engine,
+        loader=cast(Any, SyntheticLoader(config, dist.get_rank())),
+        validation=cast(Any, NoValidation()),
+    )
 
 
 # -- one configuration, in its own process ---------------------------------------------------
@@ -320,12 +319,10 @@ def measure(config: Any, label: str, args: argparse.Namespace) -> dict[str, Any]
     import torch
     import torch.distributed as dist
 
-    from pretrain.engine import on_cpu
+    from pretrain.distributed.engine import on_cpu
     from pretrain.model import num_params
-    from pretrain.trainer import Trainer
 
-    with synthetic_data():
-        trainer = Trainer(config)
+    trainer = synthetic_trainer(config)
     device = trainer.device
     cuda = device.type == "cuda" and not on_cpu()
     gpu = torch.cuda.get_device_name(device) if cuda else "CPU"
@@ -446,7 +443,7 @@ def run_configuration(label: str, index: int, argv: Sequence[str]) -> dict[str, 
     with the first one's weights and optimizer state still allocated, and its peak memory would
     be wrong. Under torchrun every rank's driver starts its child for the same configuration
     together; the children form a new process group in torchrun's store under keys of their own,
-    the way a restarted attempt does (`pretrain.process_group.attempt_init_method`)."""
+    the way a restarted attempt does (`pretrain.distributed.process_group.attempt_init_method`)."""
     env = dict(os.environ)
     if "TORCHELASTIC_RESTART_COUNT" in env:
         env["TORCHELASTIC_RESTART_COUNT"] += f"-gpu_throughput{index}"

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -159,34 +159,29 @@ class UnigramBaseline:
     counted: int  # targets the frequencies were estimated from
 
 
-def batch_targets(batch: Mapping[str, Tensor], family: str, pad_id: int) -> np.ndarray:
+def batch_targets(batch: Mapping[str, Tensor], family: str) -> np.ndarray:
     """The target ids `pretrain evaluate` scores in one loader batch, flattened: next tokens
     (decoder), the selected positions' labels (encoder), the decoder targets without padding
     (encoder-decoder: sentinels and EOS included)."""
+    from pretrain.batch_loss import TARGETS
     from pretrain.objectives import IGNORE_INDEX
 
-    if family == "decoder":
-        targets = batch["targets"].numpy().ravel()
-        return targets[targets != IGNORE_INDEX]
-    if family == "encoder":
-        labels = batch["labels"].numpy().ravel()
-        return labels[labels != IGNORE_INDEX]
-    decoder = batch["decoder_targets"].numpy().ravel()
-    return decoder[decoder != pad_id]
+    targets = batch[TARGETS[cast(Any, family)]].numpy().ravel()
+    return targets[targets != IGNORE_INDEX]
 
 
 def count_targets(
-    batches: Iterable[Mapping[str, Tensor]], family: str, pad_id: int, vocab_size: int
+    batches: Iterable[Mapping[str, Tensor]], family: str, vocab_size: int
 ) -> np.ndarray:
     """How often each id in [0, vocab_size) is a target in ``batches``, (vocab_size,) int64."""
     counts = np.zeros(vocab_size, dtype=np.int64)
     for batch in batches:
-        counts += np.bincount(batch_targets(batch, family, pad_id), minlength=vocab_size)
+        counts += np.bincount(batch_targets(batch, family), minlength=vocab_size)
     return counts
 
 
 def score_unigram(
-    counts: np.ndarray, batches: Iterable[Mapping[str, Tensor]], family: str, pad_id: int
+    counts: np.ndarray, batches: Iterable[Mapping[str, Tensor]], family: str
 ) -> UnigramBaseline:
     """Score the targets of ``batches`` with the add-one smoothed frequencies of ``counts``
     (over all ``counts.size`` ids, the model's vocabulary) and with always guessing the most
@@ -195,7 +190,7 @@ def score_unigram(
     best = int(np.argmax(counts))
     nll, correct, total = 0.0, 0, 0
     for batch in batches:
-        targets = batch_targets(batch, family, pad_id)
+        targets = batch_targets(batch, family)
         nll -= float(log_p[targets].sum())
         correct += int((targets == best).sum())
         total += int(targets.size)
@@ -215,9 +210,9 @@ def checkpoint_baseline(step_dir: Path, settings: Mapping[str, Any]) -> UnigramB
     Imports no DeepSpeed."""
     from data_pipeline.configuration import load_config
     from pretrain.batch_loss import OBJECTIVES
-    from pretrain.checkpoint import read_marker
+    from pretrain.checkpoint.layout import read_marker
     from pretrain.config import ExperimentConfig
-    from pretrain.evaluation import EvalSettings, validation_loader
+    from pretrain.evaluate.loop import EvalSettings, validation_loader
     from pretrain.loader import TrainLoader
 
     marker = read_marker(step_dir)
@@ -228,7 +223,6 @@ def checkpoint_baseline(step_dir: Path, settings: Mapping[str, Any]) -> UnigramB
     if "://" not in manifest and not Path(manifest).is_absolute():
         manifest = str(REPO / manifest)
     counts = np.zeros(config.model.vocab_size, dtype=np.int64)
-    pad_id = -1
     for rank in range(world_size):  # the trainer's own loader arguments, rank by rank
         with TrainLoader(
             manifest,
@@ -243,9 +237,8 @@ def checkpoint_baseline(step_dir: Path, settings: Mapping[str, Any]) -> UnigramB
             expected_vocab_size=config.model.vocab_size,
             mem_len=config.model.mem_len,
         ) as loader:
-            pad_id = int(loader.source.manifest.special_ids["pad"])
             for _ in range(steps):
-                counts += count_targets(loader.next_step(), family, pad_id, config.model.vocab_size)
+                counts += count_targets(loader.next_step(), family, config.model.vocab_size)
     evaluated = EvalSettings(
         **{k: settings[k] for k in ("split", "seq_len", "mem_len", "streams", "batches")}
     )
@@ -258,4 +251,4 @@ def checkpoint_baseline(step_dir: Path, settings: Mapping[str, Any]) -> UnigramB
         expected_tokenizer_hash=None,
     )
     limit = evaluated.batches if evaluated.batches > 0 else len(validation)
-    return score_unigram(counts, islice(validation, limit), family, pad_id)
+    return score_unigram(counts, islice(validation, limit), family)

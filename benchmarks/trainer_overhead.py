@@ -81,7 +81,7 @@ def minimal_worker(steps: int, warmup: int) -> None:
 
     from data_pipeline.configuration import load_config
     from pretrain.config import ExperimentConfig
-    from pretrain.engine import build_partitioned_model, deepspeed_config, param_groups
+    from pretrain.distributed.engine import build_partitioned_model, deepspeed_config, param_groups
     from pretrain.objectives import causal_lm_loss
 
     config = load_config(ExperimentConfig, EXPERIMENT, SHAPE)

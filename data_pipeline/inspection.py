@@ -10,6 +10,7 @@ import numpy as np
 from fsspec.core import url_to_fs
 
 from data_pipeline.manifest import SPLITS, manifest_fingerprint, read_manifest_bytes
+from data_pipeline.sample_format import TOKENS_MEMBER
 from data_pipeline.tokenizer import Tokenizer
 from data_pipeline.verify import read_samples
 
@@ -58,5 +59,5 @@ def _sample_text(m: dict[str, Any], base: str, chars: int, options: dict[str, An
         return f"sample       (tokenizer not loadable: {err})"
     fs, root = url_to_fs(base, **(options or {}))
     key, parts = read_samples(bytes(fs.cat_file(f"{root}/{shards[0]['name']}")))[0]
-    ids = np.load(io.BytesIO(parts["tokens.npy"])).tolist()
+    ids = np.load(io.BytesIO(parts[TOKENS_MEMBER])).tolist()
     return f"sample       {shards[0]['name']} {key}:\n{tok.decode(ids)[:chars]!r}"

@@ -7,10 +7,10 @@ import hashlib
 from collections import Counter
 from typing import Any
 
+from data_pipeline.sample_format import MANIFEST_FILE, MANIFEST_FORMAT_VERSION
 from data_pipeline.storage import Output, json_bytes
 
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+MANIFEST = MANIFEST_FILE
 SPLITS = ("train", "validation")
 UNIT_DIR = "_units"
 
@@ -100,7 +100,7 @@ def build_manifest(
         "tail_tokens_dropped": sum(m["counters"]["tail_tokens_dropped"] for m in markers),
     }
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": MANIFEST_FORMAT_VERSION,
         "dtype": dtype,
         "chunk_len": chunk_len,
         "tokenizer": tokenizer,

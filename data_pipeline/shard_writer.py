@@ -2,8 +2,8 @@
 
 Stream: documents in order, each followed by EOS. Sample i of the stream is tokens
 [i * chunk_len, (i + 1) * chunk_len); the remainder shorter than chunk_len is dropped and counted.
-Each sample is ``tokens.npy`` (1-D uint16/uint32) and ``meta.json`` with ``doc_starts`` (offsets
-in the chunk where a document begins) and ``utf8_bytes``.
+Each sample is a tokens member and a meta member, in the format `data_pipeline.sample_format`
+defines (the one definition the writer, `verify` and the loader share).
 
 UTF-8 bytes are attributed per token: a document of B bytes and T tokens gives its j-th token
 floor((j+1)B/T) - floor(jB/T) bytes and its EOS none, so the bytes of a document's chunks sum to
@@ -19,8 +19,6 @@ header templates and the token bytes of a whole batch of chunks are made once.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import tarfile
 from collections.abc import Sequence
 from itertools import chain, repeat
@@ -28,6 +26,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from data_pipeline.sample_format import (
+    META_MEMBER,
+    SAMPLE_KEY_BYTES,
+    TOKENS_MEMBER,
+    meta_json,
+    npy_header,
+    shard_name,
+)
 from data_pipeline.storage import Committer, Output
 
 _BLOCK = tarfile.BLOCKSIZE  # 512
@@ -38,8 +44,11 @@ _MAX_TEMPLATES = 4096
 # and the checksum, bytes after the checksum, checksum of the template with a blank name). Keyed
 # by repr: mtime 0 and 0.0 are equal keys but not the same header (a float adds a PAX record).
 _TEMPLATES: dict[str, dict[int, tuple[bytes, bytes, bytes, int]]] = {}
-_META_SUM = sum(b".meta.json")  # checksum share of a member name's suffix
-_NPY_SUM = sum(b".tokens.npy")
+_META_SUFFIX = f".{META_MEMBER}".encode()  # a member's name is {key}{suffix}
+_NPY_SUFFIX = f".{TOKENS_MEMBER}".encode()
+_META_SUM = sum(_META_SUFFIX)  # checksum share of a member name's suffix
+_NPY_SUM = sum(_NPY_SUFFIX)
+_NAME_FIELD = 100  # bytes of a tar header's name field
 
 
 class Writable(Protocol):
@@ -114,9 +123,6 @@ class PlainTarWriter:
         self.fileobj.write(blob)
         self.offset += len(blob)
 
-    def write_member(self, name: str, data: bytes) -> None:
-        self.write_members(((name, data),))
-
     def write(self, obj: dict[str, Any]) -> None:
         key = obj["__key__"]
         self.write_members([(f"{key}.{k}", obj[k]) for k in sorted(obj) if not k.startswith("_")])
@@ -152,40 +158,6 @@ def stream_flushed(offset: int) -> int:
     Shards are cut when this reaches ``shard_bytes`` (the rule of the tarfile-based writer this
     one replaced, kept so that shard boundaries, and so the bytes, do not change)."""
     return 0 if offset <= 0 else (offset - 1) // _RECORD * _RECORD
-
-
-def shard_name(split: str, unit: int, seq: int) -> str:
-    return f"{split}-{unit:05d}-{seq:05d}.tar"
-
-
-def sample_key(unit: int, index: int) -> str:
-    return f"{unit:05d}-{index:08d}"
-
-
-def npy_header(dtype: np.dtype[Any] | str, length: int) -> bytes:
-    """The ``.npy`` header that ``np.save`` writes for a 1-D array of ``length`` ``dtype``
-    values: the same for every sample of a stream, so it is made once."""
-    arr = np.zeros(length, dtype=dtype)
-    buf = io.BytesIO()
-    np.save(buf, arr, allow_pickle=False)
-    data = buf.getvalue()
-    header = data[: len(data) - arr.nbytes]
-    assert data[len(header) :] == arr.tobytes()
-    return header
-
-
-def meta_json(doc_starts: Sequence[int], utf8_bytes: int) -> bytes:
-    """``json.dumps({"doc_starts": ..., "utf8_bytes": ...}, sort_keys=True)``, UTF-8, without
-    going through the JSON encoder (ints only; a test checks the two agree)."""
-    starts = ", ".join(map(str, doc_starts))
-    return f'{{"doc_starts": [{starts}], "utf8_bytes": {int(utf8_bytes)}}}'.encode()
-
-
-def encode_sample(tokens: np.ndarray, doc_starts: list[int], utf8_bytes: int) -> dict[str, bytes]:
-    buf = io.BytesIO()
-    np.save(buf, tokens, allow_pickle=False)
-    meta = json.dumps({"doc_starts": doc_starts, "utf8_bytes": utf8_bytes}, sort_keys=True)
-    return {"tokens.npy": buf.getvalue(), "meta.json": meta.encode("utf-8")}
 
 
 class SplitStream:
@@ -289,19 +261,19 @@ class SplitStream:
                 self._open_shard()
             tar, parts, shard = self._tar, self._buf, self._shard
             assert tar is not None and parts is not None
-            key = b"%05d-%08d" % (unit, self.samples)
+            key = SAMPLE_KEY_BYTES % (unit, self.samples)
             doc_starts = rel_starts[bounds[c] : bounds[c + 1]]
             meta = meta_json(doc_starts, utf8)
             npy = (header, rows[c * row : (c + 1) * row])
-            if len(key) <= 89:  # names fit the 100-byte field: header from the templates
+            if len(key) + len(_NPY_SUFFIX) <= _NAME_FIELD:  # names fit: header from templates
                 key_sum = sum(key)
                 m_before, m_middle, m_after, m_base = tar._template(len(meta))
                 t_before, t_middle, t_after, t_base = tar._template(npy_size)
                 parts += (
                     m_before,
                     key,
-                    b".meta.json",
-                    _ZEROS[: 90 - len(key)],
+                    _META_SUFFIX,
+                    _ZEROS[: _NAME_FIELD - len(key) - len(_META_SUFFIX)],
                     m_middle,
                     b"%06o\0 " % (m_base + key_sum + _META_SUM),
                     m_after,
@@ -309,8 +281,8 @@ class SplitStream:
                     _ZEROS[: -len(meta) % _BLOCK],
                     t_before,
                     key,
-                    b".tokens.npy",
-                    _ZEROS[: 89 - len(key)],
+                    _NPY_SUFFIX,
+                    _ZEROS[: _NAME_FIELD - len(key) - len(_NPY_SUFFIX)],
                     t_middle,
                     b"%06o\0 " % (t_base + key_sum + _NPY_SUM),
                     t_after,
@@ -322,7 +294,7 @@ class SplitStream:
             else:  # pragma: no cover - a unit or sample number too large for the name field
                 name = key.decode()
                 tar.write_members(
-                    ((f"{name}.meta.json", meta), (f"{name}.tokens.npy", b"".join(npy)))
+                    ((f"{name}.{META_MEMBER}", meta), (f"{name}.{TOKENS_MEMBER}", b"".join(npy)))
                 )
             self.samples += 1
             shard["samples"] += 1

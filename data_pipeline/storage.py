@@ -109,11 +109,6 @@ class Output:
             self.fs.pipe_file(target, data)
             self.fs.invalidate_cache()
 
-    def commit_json(self, name: str, obj: Any) -> bytes:
-        data = json_bytes(obj)
-        self.commit(name, data)
-        return data
-
     def remove_stale_temporaries(self) -> int:
         """Temporary files of an earlier killed run (local disk only; object stores have none)."""
         if not self.local or not Path(self.root).is_dir():
@@ -204,12 +199,3 @@ class Committer:
 def json_bytes(obj: Any) -> bytes:
     """Deterministic JSON: sorted keys, fixed separators, trailing newline."""
     return (json.dumps(obj, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
-
-
-def open_fs(
-    url: str, storage_options: dict[str, Any] | None = None
-) -> tuple[fsspec.AbstractFileSystem, str]:
-    from fsspec.core import url_to_fs
-
-    fs, path = url_to_fs(url, **(storage_options or {}))
-    return fs, path

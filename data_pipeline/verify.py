@@ -1,6 +1,7 @@
 """`data-pipeline verify`: check every shard the manifest lists (present, size, sha256) and that
-every sample in it decodes (tokens.npy of chunk_len ids of the manifest dtype, meta.json with
-doc_starts and utf8_bytes that add up to the manifest's figures). Every bad shard is named."""
+every sample in it decodes (`data_pipeline.sample_format.decode_sample`: chunk_len ids of the
+manifest dtype, document starts and UTF-8 bytes that add up to the manifest's figures). Every bad
+shard is named."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import json
 import tarfile
 from typing import Any
 
-import numpy as np
 from fsspec.core import url_to_fs
 
 from data_pipeline.manifest import SPLITS, read_manifest_bytes
+from data_pipeline.sample_format import SampleFormatError, decode_sample
 
 
 def check_shard_bytes(data: bytes, entry: dict[str, Any], chunk_len: int, dtype: str) -> list[str]:
@@ -52,16 +53,9 @@ def check_samples(data: bytes, entry: dict[str, Any], chunk_len: int, dtype: str
         return ["sample keys are not in stream order"]
     for key, parts in samples:
         try:
-            arr = np.load(io.BytesIO(parts["tokens.npy"]), allow_pickle=False)
-            meta = json.loads(parts["meta.json"])
-            starts = meta["doc_starts"]
-            nbytes = int(meta["utf8_bytes"])
-        except (KeyError, ValueError, TypeError) as err:
-            return [f"sample {key} does not decode: {type(err).__name__}: {err}"]
-        if arr.ndim != 1 or len(arr) != chunk_len or str(arr.dtype) != dtype:
-            return [f"sample {key}: tokens {arr.dtype}{list(arr.shape)}, want {dtype}[{chunk_len}]"]
-        if any(not 0 <= s < chunk_len for s in starts):
-            return [f"sample {key}: doc_starts out of range"]
+            arr, starts, nbytes = decode_sample(parts, dtype=dtype, chunk_len=chunk_len)
+        except SampleFormatError as err:
+            return [f"sample {key} {err}"]
         tokens += len(arr)
         utf8 += nbytes
         docs += len(starts)

@@ -1,5 +1,9 @@
 """One forward pass of any family on one loader batch: summed loss and target count.
 
+The one per-family switch: which batch keys feed the model (`INPUTS`) and which hold its
+targets (`TARGETS`). Every family's targets carry `IGNORE_INDEX` where nothing is predicted
+(padding, positions MLM did not select), so no padding id is needed to compute a loss.
+
 The trainer normalises by the number of target tokens in the whole optimizer step across all
 ranks (not per micro-batch), so every target token weighs the same whatever the padding or the
 masking draw of its micro-batch. That needs sums here, not means.
@@ -14,12 +18,22 @@ from torch import Tensor
 
 from pretrain.config import Family
 from pretrain.loader import Batch, Objective
-from pretrain.objectives import IGNORE_INDEX, shift_right, token_loss_sum
+from pretrain.objectives import IGNORE_INDEX, token_loss_sum
 
 OBJECTIVES: dict[Family, Objective] = {
     "decoder": "causal_lm",
     "encoder": "mlm",
     "encoder_decoder": "span",
+}
+INPUTS: dict[Family, tuple[str, ...]] = {
+    "decoder": ("input_ids",),
+    "encoder": ("input_ids",),
+    "encoder_decoder": ("encoder_input_ids", "decoder_input_ids"),
+}
+TARGETS: dict[Family, str] = {
+    "decoder": "targets",
+    "encoder": "labels",
+    "encoder_decoder": "decoder_targets",
 }
 
 Mems = list[Tensor]
@@ -31,34 +45,19 @@ class LossParts:
     targets: int  # number of target tokens
     new_mems: Mems
     logits: Tensor
+    labels: Tensor  # the targets, IGNORE_INDEX where nothing is predicted
 
 
-def target_count(batch: Batch, family: Family, pad_id: int) -> int:
+def target_count(batch: Batch, family: Family) -> int:
     """Target tokens in ``batch``, known before the forward pass (for the step's normaliser)."""
-    if family == "decoder":
-        return int((batch["targets"] != IGNORE_INDEX).sum())
-    if family == "encoder":
-        return int((batch["labels"] != IGNORE_INDEX).sum())
-    return int((batch["decoder_targets"] != pad_id).sum())
+    return int((batch[TARGETS[family]] != IGNORE_INDEX).sum())
 
 
 def forward_loss(
-    model: Callable[..., tuple[Tensor, Mems]],
-    batch: Batch,
-    mems: Mems | None,
-    family: Family,
-    pad_id: int,
+    model: Callable[..., tuple[Tensor, Mems]], batch: Batch, mems: Mems | None, family: Family
 ) -> LossParts:
     """Run ``model`` (a DeepSpeed engine or a plain module) on ``batch``; memory in and out."""
-    if family == "decoder":
-        logits, new_mems = model(batch["input_ids"], mems)
-        total, count = token_loss_sum(logits, batch["targets"])
-    elif family == "encoder":
-        logits, new_mems = model(batch["input_ids"], mems)
-        total, count = token_loss_sum(logits, batch["labels"])
-    else:
-        targets = batch["decoder_targets"]
-        decoder_inputs = shift_right(targets, pad_id)
-        logits, new_mems = model(batch["encoder_input_ids"], decoder_inputs, mems)
-        total, count = token_loss_sum(logits, targets.masked_fill(targets == pad_id, IGNORE_INDEX))
-    return LossParts(total, int(count), new_mems, logits)
+    logits, new_mems = model(*(batch[key] for key in INPUTS[family]), mems)
+    labels = batch[TARGETS[family]]
+    total, count = token_loss_sum(logits, labels)
+    return LossParts(total, int(count), new_mems, logits, labels)

@@ -1,14 +1,18 @@
 """`pretrain`: the command-line entry point of the pretraining package.
 
-Each subcommand lives in its own module and is imported only when it runs, so `pretrain --help`
-and config checks stay fast and need neither DeepSpeed nor a GPU.
+Every subcommand has the same argument style (options and positional ``key=value`` overrides in
+any order) and the same error handling (`EXIT_CODES`). A stage's recipe is its ``command.py``
+(`pretrain.train.command`, `pretrain.evaluate.command`, ...), imported only when it runs, so
+`pretrain --help` and config checks stay fast and need neither DeepSpeed nor a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from data_pipeline.config_cli import (
     HelpFormatter,
@@ -22,16 +26,51 @@ from data_pipeline.console import (
     setup_console,
     verbosity,
 )
-from pretrain.checkpoint_cli import add_checkpoint_commands
 from pretrain.config import ExperimentConfig
+
+# The one error-to-exit-code map of every subcommand: the errors users cause print one line,
+# ``error: ...``; anything else is a bug and keeps its traceback. 2: the config or an override
+# is wrong (as argparse's own usage errors); 1: the run cannot go on as asked (a missing or
+# corrupt checkpoint, data that does not match, a tokenizer that does not match, a format the
+# model cannot take, repeated non-finite losses). Preemption exits 75 on its own
+# (`pretrain.train.preemption`). Classes are named, not imported: an error can only come from a
+# module that is loaded, and `pretrain config` must not import torch to check its errors.
+EXIT_CODES: list[tuple[str, str, int]] = [
+    ("data_pipeline.configuration", "ConfigError", 2),
+    ("pretrain.checkpoint.layout", "CheckpointError", 1),
+    ("pretrain.loader.manifest", "ManifestError", 1),
+    ("pretrain.loader.state", "LoaderStateError", 1),
+    ("pretrain.train.trainer", "NonFiniteLossError", 1),
+    ("pretrain.checkpoint.tokenizer", "TokenizerMismatchError", 1),
+    ("pretrain.export.hf", "UnsupportedExportError", 1),
+    ("pretrain.pretrained", "ExportFormatError", 1),
+]
+# evaluate, export and generate also report ValueError (e.g. streams that do not divide over
+# the processes, memory on learned positions) as the user's error.
+VALUE_ERRORS_ARE_USERS = ("evaluate", "export", "generate")
+
+
+def exit_code(err: BaseException, command: str) -> int | None:
+    """The exit code for ``err`` raised by ``command``, or None when it is a bug."""
+    for module_name, class_name, code in EXIT_CODES:
+        module = sys.modules.get(module_name)
+        if module is not None and isinstance(err, getattr(module, class_name)):
+            return code
+    if command in VALUE_ERRORS_ARE_USERS and isinstance(err, ValueError):
+        return 1
+    return None
+
 
 EPILOG = """examples:
   pretrain train configs/experiments/shakespeare_xl.yaml                 # one process
   torchrun --nproc_per_node=2 -m pretrain.cli train configs/experiments/shakespeare_xl.yaml
   pretrain train configs/experiments/shakespeare_xl.yaml train.max_steps=50 train.lr=3e-4
   pretrain config configs/experiments/shakespeare_xl.yaml train.lr=1e-3 --print-config
+  pretrain config configs/experiments/shakespeare_xl.yaml --print-config train.lr=1e-3
   pretrain config configs/experiments/shakespeare_xl.yaml --save-config /tmp/resolved.yaml
 """
+
+EXPERIMENT_HELP = "experiment YAML (e.g. configs/experiments/*.yaml)"
 
 
 def _run_config(args: argparse.Namespace) -> int:
@@ -42,67 +81,264 @@ def _run_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_train(args: argparse.Namespace) -> int:
+def _run_plan(args: argparse.Namespace) -> int:
     config = resolve_config(ExperimentConfig, args)
     if config is None:
         return 0
-    # Imported here: DeepSpeed and the model are heavy, and `pretrain config` needs neither.
-    from pretrain.checkpoint import CheckpointError
-    from pretrain.loader import LoaderStateError, ManifestError
-    from pretrain.trainer import NonFiniteLossError, Trainer
+    from pretrain.plan import report
 
-    try:
-        Trainer(config).train()
-    except (CheckpointError, ManifestError, LoaderStateError, NonFiniteLossError) as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 1
+    sys.stdout.write(report(config, args.gpus, args.gpu_memory))
     return 0
 
 
-PLAN_EPILOG = """examples:
+def _memory_size(text: str) -> int:
+    from pretrain.plan import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def config_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(
+        parser, config_help=EXPERIMENT_HELP, override_example="train.lr=3e-4 model.n_layers=2"
+    )
+
+
+PLAN_EXAMPLES = """examples:
   pretrain plan configs/experiments/shakespeare_xl.yaml --gpus 8 --gpu-memory 80GB
   pretrain plan EXP.yaml train.micro_batch_size=4 --gpus 64 --gpu-memory 141GB
 """
 
 
-def _run_plan(args: argparse.Namespace) -> int:
-    config = resolve_config(ExperimentConfig, args)
-    if config is None:
-        return 0
-    from pretrain.plan import parse_size, report
-
-    try:
-        memory = parse_size(args.gpu_memory)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    sys.stdout.write(report(config, args.gpus, memory))
-    return 0
-
-
-def _add_plan(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    plan = commands.add_parser(
-        "plan",
-        help="estimate per-GPU memory for each ZeRO stage and suggest a micro-batch",
-        description="Estimate per-GPU memory: parameters, gradients and optimizer state under "
-        "each ZeRO stage and offload choice, activations with and without activation "
-        "checkpointing, and the largest micro-batch that fits.",
-        epilog=PLAN_EPILOG,
-        formatter_class=HelpFormatter,
-    )
-    _add_experiment_arguments(plan)
-    plan.add_argument("--gpus", type=int, default=1, help="GPUs in the job (data parallel)")
-    plan.add_argument("--gpu-memory", default="80GB", help="memory of one GPU, e.g. 80GB")
-    plan.set_defaults(handler=_run_plan)
-
-
-def _add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+def plan_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(
-        parser,
-        config_help="experiment YAML (e.g. configs/experiments/*.yaml)",
-        override_example="train.lr=3e-4 model.n_layers=2",
+        parser, config_help=EXPERIMENT_HELP, override_example="train.lr=3e-4 model.n_layers=2"
     )
-    add_verbosity_arguments(parser)
+    parser.add_argument("--gpus", type=int, default=1, help="GPUs in the job (data parallel)")
+    parser.add_argument(
+        "--gpu-memory", type=_memory_size, default="80GB", help="memory of one GPU, e.g. 80GB"
+    )
+
+
+EVALUATE_EXAMPLES = """examples:
+  pretrain evaluate runs/shakespeare_xl/checkpoints                 # newest committed step
+  pretrain evaluate runs/shakespeare_xl/checkpoints --step 200 --json
+  pretrain evaluate runs/shakespeare_xl/checkpoints train.eval_batches=0   # the whole split
+  pretrain evaluate runs/shakespeare_xl/checkpoints --mem-len 256 --seq-len 64
+  pretrain evaluate runs/shakespeare_xl/checkpoints --mem-len-sweep 0,64,128,256
+  pretrain evaluate CKPT --data runs/data/other/manifest.json --split validation
+  torchrun --nproc_per_node=2 -m pretrain.cli evaluate runs/shakespeare_xl/checkpoints
+"""
+
+
+def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.dir or a step dir")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="overrides of the checkpoint's config, e.g. train.eval_batches=0 "
+        "model.mem_len=128 tracking.uri=sqlite:///mlflow.db",
+    )
+    parser.add_argument("--step", type=int, help="evaluate this step (default: the newest)")
+    parser.add_argument(
+        "--data",
+        metavar="MANIFEST",
+        help="another dataset's manifest.json (default: the checkpoint's data.manifest)",
+    )
+    parser.add_argument(
+        "--split",
+        default=None,
+        help="split to score (default: the checkpoint's data.validation_split)",
+    )
+    parser.add_argument("--seq-len", type=int, help="segment length (train.seq_len)")
+    parser.add_argument("--mem-len", type=int, help="Transformer-XL memory length (model.mem_len)")
+    parser.add_argument(
+        "--mem-len-sweep",
+        nargs="?",
+        const="auto",
+        metavar="N,N,...",
+        help="score at several memory lengths (default list: 0 and 1/2, 1, 2, "
+        "4 times the training mem_len)",
+    )
+    parser.add_argument(
+        "--batches", type=int, help="segments per stream; 0 = whole split (train.eval_batches)"
+    )
+    parser.add_argument(
+        "--streams",
+        type=int,
+        help="parallel streams over the split (default: "
+        "the training run's world size x micro_batch_size)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["bf16", "fp16", "fp32"],
+        help="default: the checkpoint's engine.precision",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+
+
+EXPORT_EXAMPLES = """examples:
+  pretrain export runs/shakespeare_xl/checkpoints exports/shakespeare_xl
+  pretrain export runs/shakespeare_xl/checkpoints exports/xl_step200 --step 200
+  pretrain export runs/gpt2_small/checkpoints exports/gpt2_hf --format hf
+  pretrain export runs/shakespeare_xl/checkpoints exports/xl --register shakespeare-xl
+  python -c "from pretrain.pretrained import load_pretrained; print(load_pretrained('exports/xl'))"
+"""
+
+
+def export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="CHECKPOINT", help="checkpoint.dir or a step dir")
+    parser.add_argument("out", metavar="OUT", help="directory to write the export to")
+    parser.add_argument("--step", type=int, help="export this step (default: the newest)")
+    parser.add_argument(
+        "--format",
+        choices=["native", "hf"],
+        default="native",
+        help="native: load_pretrained(OUT), no DeepSpeed needed (default); hf: Hugging Face "
+        "GPT-2 / Llama layout for transformers, vLLM, lm-evaluation-harness",
+    )
+    parser.add_argument(
+        "--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights' dtype"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="the tokenizer artifact, when the "
+        "path recorded in the dataset's manifest is not valid here",
+    )
+    parser.add_argument(
+        "--register",
+        metavar="NAME",
+        help="also register the export in MLflow's "
+        "model registry as NAME (the checkpoint's tracking store)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="overrides of the checkpoint's config, e.g. tracking.uri=...",
+    )
+
+
+GENERATE_EXAMPLES = """examples:
+  pretrain generate runs/shakespeare_xl/checkpoints --prompt "ROMEO:" --seed 1
+  pretrain generate exports/shakespeare_xl --prompt "ROMEO:" --max-new-tokens 300 \\
+      --temperature 0.8 --top-k 40 --top-p 0.95 --seed 7
+  pretrain generate exports/shakespeare_xl --prompt "KING:" --temperature 0   # greedy
+"""
+
+
+def generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source",
+        metavar="CHECKPOINT_OR_EXPORT",
+        help="checkpoint.dir, a step dir, or a `pretrain export` directory",
+    )
+    parser.add_argument("--prompt", default="", help="text to continue (default: a new document)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=200, help="tokens to generate per sample"
+    )
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
+    parser.add_argument("--top-p", type=float, help="sample from the nucleus of probability p")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same text")
+    parser.add_argument("--num-samples", type=int, default=1, help="independent continuations")
+    parser.add_argument(
+        "--cache-len",
+        type=int,
+        help="memory kept as the cache (default: "
+        "max(mem_len, max_seq_len); learned positions: max_seq_len)",
+    )
+    parser.add_argument("--stop-at-eos", action="store_true", help="stop at end of document")
+    parser.add_argument(
+        "--precision", choices=["bf16", "fp16", "fp32"], default="fp32", help="compute dtype"
+    )
+    parser.add_argument("--tokenizer", metavar="PATH", help="tokenizer artifact override")
+    parser.add_argument("--json", action="store_true", help="print JSON (ids and text)")
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _recipe(stage: str) -> Handler:
+    """Run ``pretrain.<stage>.command.main``, imported only now."""
+
+    def handler(args: argparse.Namespace) -> int:
+        module: Any = importlib.import_module(f"pretrain.{stage}.command")
+        code: int = module.main(args)
+        return code
+
+    return handler
+
+
+COMMANDS: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None], str, Handler]] = [
+    (
+        "config",
+        "resolve, validate and print or save an experiment config",
+        "Resolve an experiment config (bases and overrides), validate it, and print or save "
+        "the result.",
+        config_arguments,
+        EPILOG,
+        _run_config,
+    ),
+    (
+        "train",
+        "train a model (one process, or under torchrun / deepspeed / SLURM)",
+        "Train with DeepSpeed (ZeRO-3 by default). Resumes from the newest committed "
+        "checkpoint in checkpoint.dir unless train.resume=never. SIGTERM or SIGUSR1 saves a "
+        "checkpoint at the next step and exits with code 75.",
+        config_arguments,
+        EPILOG,
+        _recipe("train"),
+    ),
+    (
+        "plan",
+        "estimate per-GPU memory for each ZeRO stage and suggest a micro-batch",
+        "Estimate per-GPU memory: parameters, gradients and optimizer state under each ZeRO "
+        "stage and offload choice, activations with and without activation checkpointing, and "
+        "the largest micro-batch that fits.",
+        plan_arguments,
+        PLAN_EXAMPLES,
+        _run_plan,
+    ),
+    (
+        "evaluate",
+        "score a checkpoint (any world size; CPU, one process is fine)",
+        "Evaluate a committed checkpoint on a validation split: loss, perplexity, bits per byte "
+        "and tokens for decoders, masked-token loss and accuracy for encoders, span loss for "
+        "encoder-decoders. Transformer-XL memory is carried along each stream; --mem-len-sweep "
+        "scores several memory lengths. Metrics go to the terminal (or --json) and to MLflow, "
+        "in a run tagged with the training run's id.",
+        evaluate_arguments,
+        EVALUATE_EXAMPLES,
+        _recipe("evaluate"),
+    ),
+    (
+        "export",
+        "write a checkpoint as a standalone model (safetensors + config + tokenizer)",
+        "Consolidate a ZeRO checkpoint into one model directory loadable with "
+        "pretrain.pretrained.load_pretrained(OUT) without DeepSpeed, or with --format hf into "
+        "a Hugging Face GPT-2 or Llama checkpoint. Optionally register it in MLflow.",
+        export_arguments,
+        EXPORT_EXAMPLES,
+        _recipe("export"),
+    ),
+    (
+        "generate",
+        "sample text from a decoder checkpoint or export",
+        "Continue a prompt with a decoder: greedy or sampled (temperature, top-k, top-p), "
+        "deterministic for a seed, decoded incrementally with the Transformer-XL memory as "
+        "the cache.",
+        generate_arguments,
+        GENERATE_EXAMPLES,
+        _recipe("generate"),
+    ),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,38 +350,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_console_arguments(parser, "pretrain")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    config = commands.add_parser(
-        "config",
-        help="resolve, validate and print or save an experiment config",
-        description="Resolve an experiment config (bases and overrides), validate it, and print "
-        "or save the result.",
-        epilog=EPILOG,
-        formatter_class=HelpFormatter,
-    )
-    _add_experiment_arguments(config)
-    config.set_defaults(handler=_run_config)
-    train = commands.add_parser(
-        "train",
-        help="train a model (one process, or under torchrun / deepspeed / SLURM)",
-        description="Train with DeepSpeed (ZeRO-3 by default). Resumes from the newest committed "
-        "checkpoint in checkpoint.dir unless train.resume=never. SIGTERM or SIGUSR1 saves a "
-        "checkpoint at the next step and exits with code 75.",
-        epilog=EPILOG,
-        formatter_class=HelpFormatter,
-    )
-    _add_experiment_arguments(train)
-    train.set_defaults(handler=_run_train)
-    _add_plan(commands)
-    # evaluate, export, generate: using checkpoints after training (pretrain/checkpoint_cli.py)
-    add_checkpoint_commands(commands)
+    for name, summary, description, add, examples, handler in COMMANDS:
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=description,
+            epilog=examples,
+            formatter_class=HelpFormatter,
+        )
+        add(sub)
+        add_verbosity_arguments(sub)
+        sub.set_defaults(handler=handler)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(build_parser(), argv)
     setup_console(verbosity(args))
-    code: int = args.handler(args)
-    _leave_process_group()
+    try:
+        code: int = args.handler(args)
+    except Exception as err:
+        code_for_err = exit_code(err, args.command)
+        if code_for_err is None:
+            raise
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        code = code_for_err
+    finally:
+        _leave_process_group()
     return code
 
 

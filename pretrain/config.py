@@ -175,14 +175,10 @@ class TrainConfig:
         if self.activation_checkpointing == "every_n" and self.checkpoint_every_n_layers < 1:
             raise ValueError("checkpoint_every_n_layers must be >= 1")
 
-    @property
-    def samples_per_step_per_rank(self) -> int:
-        return self.micro_batch_size * self.grad_accum
-
 
 @dataclass
 class EngineConfig:
-    """DeepSpeed settings; `pretrain.engine` turns these into DeepSpeed's own config dict."""
+    """DeepSpeed settings; `pretrain.distributed.engine` turns them into DeepSpeed's config dict."""
 
     zero_stage: int = 3
     precision: Precision = "bf16"

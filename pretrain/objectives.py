@@ -230,32 +230,3 @@ def span_corruption(
         return out
 
     return pack(keep_in, enc_len), pack(keep_out, dec_len)
-
-
-def reconstruct_from_spans(
-    encoder_inputs: Tensor, decoder_targets: Tensor, *, sentinel_ids: Sequence[int]
-) -> list[list[int]]:
-    """Invert :func:`span_corruption`: each row's original tokens, as lists.
-
-    A reference implementation for tests and debugging, written with plain Python on purpose:
-    it shares no code with the vectorised corruption, so agreement between the two means
-    something. Each output drops its final EOS (the last position; rows are never padded) and
-    replaces every sentinel in the input by the tokens that follow it in the targets.
-    """
-    sentinel_set = set(sentinel_ids)
-    rows = []
-    for enc_row, dec_row in zip(encoder_inputs.tolist(), decoder_targets.tolist(), strict=True):
-        spans: dict[int, list[int]] = {}
-        current: list[int] | None = None
-        for token in dec_row[:-1]:
-            if token in sentinel_set:
-                current = spans.setdefault(token, [])
-            elif current is None:
-                raise ValueError("decoder targets must start with a sentinel")
-            else:
-                current.append(token)
-        original: list[int] = []
-        for token in enc_row[:-1]:
-            original.extend(spans[token] if token in sentinel_set else [token])
-        rows.append(original)
-    return rows

@@ -53,7 +53,7 @@ class ModelStates:
 
 def param_counts(model: ModelConfig) -> tuple[int, int]:
     """Total parameters and those of the largest layer (a block, or the embedding)."""
-    from pretrain.model.build import num_params
+    from pretrain.model.size import num_params
 
     total = num_params(model)
     embedding = model.vocab_size * model.d_model

@@ -18,7 +18,7 @@ import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
@@ -182,10 +182,6 @@ class MlflowTracker(Tracker):
         assert self.run_id is not None
         self.client.log_text(self.run_id, text, artifact_file)
 
-    def log_file(self, path: str | Path, artifact_dir: str | None = None) -> None:
-        assert self.run_id is not None
-        self.client.log_artifact(self.run_id, str(path), artifact_dir)
-
     def finish(self, status: str = "FINISHED") -> None:
         assert self.run_id is not None
         self.client.set_terminated(self.run_id, status=status)
@@ -201,28 +197,6 @@ def create_tracker(
     if rank != 0 or not config.tracking.enabled:
         return Tracker()
     return MlflowTracker(config, run_id=run_id, tags=tags)
-
-
-def read_run(tracking_uri: str, run_id: str) -> dict[str, Any]:
-    """A run's status, params, tags, latest metrics and artifact paths (for tests and tools)."""
-    client = MlflowClient(tracking_uri=tracking_uri)
-    run = client.get_run(run_id)
-    artifacts: list[str] = []
-    pending = [""]
-    while pending:
-        for item in client.list_artifacts(run_id, pending.pop() or None):
-            (pending if item.is_dir else artifacts).append(item.path)
-    return {
-        "status": run.info.status,
-        "params": dict(run.data.params),
-        "tags": dict(run.data.tags),
-        "metrics": dict(run.data.metrics),
-        "artifacts": sorted(artifacts),
-        "history": {
-            key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
-            for key in run.data.metrics
-        },
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,18 +219,23 @@ def _store(config: ExperimentConfig) -> tuple[MlflowClient, str]:
 
 
 def _linked_run(
-    client: MlflowClient,
-    experiment_id: str,
-    *,
-    run_name: str,
+    config: ExperimentConfig,
+    kind: Literal["evaluate", "export"],
+    step: int,
     training_run_id: str | None,
-    tags: Mapping[str, str],
-) -> str:
-    """A new run tagged with the training run's id; a child of it in MLflow's UI when the
-    training run is in this store (it may not be: checkpoints travel, tracking stores do not)."""
+) -> tuple[MlflowClient, str]:
+    """A new run about checkpoint ``step`` in the config's store, tagged with the training run's
+    id; a child of it in MLflow's UI when the training run is in this store (it may not be:
+    checkpoints travel, tracking stores do not). Returns (client, run id)."""
     from mlflow.exceptions import MlflowException
 
-    all_tags = {"code_version": code_version(), "host": socket.gethostname(), **tags}
+    client, experiment_id = _store(config)
+    all_tags = {
+        "code_version": code_version(),
+        "host": socket.gethostname(),
+        "mnemos.kind": {"evaluate": "evaluation", "export": "export"}[kind],
+        "mnemos.checkpoint_step": str(step),
+    }
     if training_run_id:
         all_tags[TRAINING_RUN_TAG] = training_run_id
         try:
@@ -264,9 +243,9 @@ def _linked_run(
             all_tags["mlflow.parentRunId"] = training_run_id
         except MlflowException:
             pass
-    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    run = client.create_run(experiment_id, run_name=f"{kind} step {step}", tags=all_tags)
     run_id: str = run.info.run_id
-    return run_id
+    return client, run_id
 
 
 def log_evaluation(
@@ -280,14 +259,7 @@ def log_evaluation(
 ) -> str:
     """Record one evaluation as its own run, linked to the training run by tag; returns its id.
     Metrics are logged at the checkpoint's step, so runs of several checkpoints line up."""
-    client, experiment_id = _store(config)
-    run_id = _linked_run(
-        client,
-        experiment_id,
-        run_name=f"evaluate step {step}",
-        training_run_id=training_run_id,
-        tags={"mnemos.kind": "evaluation", "mnemos.checkpoint_step": str(step)},
-    )
+    client, run_id = _linked_run(config, "evaluate", step, training_run_id)
     now = int(time.time() * 1000)
     batch_params = [Param(k, str(redact(k, v))[:_MAX_PARAM_CHARS]) for k, v in params.items()]
     batch_metrics = [Metric(k, float(v), now, step) for k, v in metrics.items()]
@@ -310,14 +282,7 @@ def register_model(
 ) -> tuple[str, str]:
     """Log an exported model directory as artifacts of a run linked to the training run, and
     register it as a new version of model ``name``. Returns (run id, version)."""
-    client, experiment_id = _store(config)
-    run_id = _linked_run(
-        client,
-        experiment_id,
-        run_name=f"export step {step}",
-        training_run_id=training_run_id,
-        tags={"mnemos.kind": "export", "mnemos.checkpoint_step": str(step)},
-    )
+    client, run_id = _linked_run(config, "export", step, training_run_id)
     client.log_artifacts(run_id, str(directory), "model")
     client.set_terminated(run_id, status="FINISHED")
     from mlflow.exceptions import MlflowException
@@ -332,3 +297,26 @@ def register_model(
         name, source, run_id=run_id, tags={TRAINING_RUN_TAG: training_run_id or ""}
     )
     return run_id, str(version.version)
+
+
+def read_run(tracking_uri: str, run_id: str) -> dict[str, Any]:
+    """A run read back whole: status, params, tags, latest metrics, each metric's history and
+    the artifact paths (what the tests and the GPU suite check a run by)."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.get_run(run_id)
+    artifacts: list[str] = []
+    pending = [""]
+    while pending:
+        for item in client.list_artifacts(run_id, pending.pop() or None):
+            (pending if item.is_dir else artifacts).append(item.path)
+    return {
+        "status": run.info.status,
+        "params": dict(run.data.params),
+        "tags": dict(run.data.tags),
+        "metrics": dict(run.data.metrics),
+        "artifacts": sorted(artifacts),
+        "history": {
+            key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+            for key in run.data.metrics
+        },
+    }

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from data_pipeline.configuration import load_config
 from pretrain.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from tests.helpers.trained_runs import TrainedRun
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CORPORA = REPO_ROOT / "corpora"  # the real corpora the repository ships
@@ -51,3 +55,35 @@ tracking:
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> ExperimentConfig:
     return tiny_experiment(tmp_path)
+
+
+# -- real data and trained checkpoints, built once per session (tests/helpers/trained_runs.py) --
+# Defined here, once, so every directory shares one instance of each session fixture.
+
+
+@pytest.fixture(scope="session")
+def char_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.helpers.trained_runs import char_dataset
+
+    return char_dataset(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def xl_run(char_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    from tests.helpers.trained_runs import train_xl
+
+    return train_xl(char_manifest, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def gpt2_run(char_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    from tests.helpers.trained_runs import train_gpt2
+
+    return train_gpt2(char_manifest, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def xl_export(xl_run: TrainedRun, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.helpers.trained_runs import export_native
+
+    return export_native(xl_run, tmp_path_factory)

@@ -61,3 +61,33 @@ def test_launch_profile_validates() -> None:
     result = run("-m", "launch.cli", "configs/cluster/local_cpu.yaml", "nnodes=2")
     assert result.returncode == 2
     assert "backend local runs on one node" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["config", "plan", "train"])
+def test_options_and_overrides_in_any_order(command: str) -> None:
+    """Every subcommand takes ``key=value`` overrides before and after its options."""
+    from pretrain.cli import build_parser
+
+    parser = build_parser()
+    after = parser.parse_args([command, str(EXPERIMENT), "--print-config", "train.lr=1e-3"])
+    before = parser.parse_args([command, str(EXPERIMENT), "train.lr=1e-3", "--print-config"])
+    assert after.overrides == before.overrides == ["train.lr=1e-3"]
+    assert after.print_config and before.print_config
+
+
+def test_print_config_before_an_override() -> None:
+    result = run("-m", "pretrain.cli", "config", str(EXPERIMENT), "--print-config", "train.lr=1e-3")
+    assert result.returncode == 0, result.stderr
+    assert "lr: 0.001" in result.stdout
+
+
+def test_one_exit_code_map_for_every_command() -> None:
+    from data_pipeline.configuration import ConfigError
+    from pretrain.checkpoint.layout import CheckpointError
+    from pretrain.cli import COMMANDS, exit_code
+
+    for name, *_ in COMMANDS:
+        assert exit_code(ConfigError("bad key"), name) == 2
+        assert exit_code(CheckpointError("no step"), name) == 1
+        assert exit_code(KeyError("a bug"), name) is None  # a bug keeps its traceback
+    assert exit_code(ValueError("streams do not divide"), "evaluate") == 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 from launch.backends.deepspeed import deepspeed_args
 from launch.script import Job, continued, header, quote, render_text, signal_env, torchrun_args
 
-REQUEUE_EXIT_CODE = 75  # pretrain.preemption.PREEMPTED_EXIT_CODE; no torch import here
+REQUEUE_EXIT_CODE = 75  # pretrain.train.preemption.PREEMPTED_EXIT_CODE; no torch import here
 
 
 def directives(job: Job) -> list[str]:

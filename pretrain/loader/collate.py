@@ -22,6 +22,7 @@ from torch import Tensor
 
 from pretrain.objectives import (
     IGNORE_INDEX,
+    shift_right,
     span_corruption,
     span_corruption_lengths,
     span_counts,
@@ -179,8 +180,9 @@ def _segment_lengths(
 
 @dataclass(frozen=True)
 class SpanCollator:
-    """encoder_input_ids (B, S) and decoder_targets (B, U), T5 style; padding is ``pad_id``
-    (which `seq2seq_loss(pad_id=...)` ignores). S and U depend on seq_len only.
+    """encoder_input_ids (B, S, padded with ``pad_id``), decoder_input_ids (B, U: the targets
+    shifted right, from ``pad_id``) and decoder_targets (B, U, ``IGNORE_INDEX`` on padding, as
+    every family's targets), T5 style. S and U depend on seq_len only.
 
     Full-length rows (every training row) are corrupted together: per row, the two draws
     `span_corruption` makes for that row alone (noise-span and keep-span cut uniforms, from the
@@ -274,9 +276,12 @@ class SpanCollator:
             # A short tail corrupts to shorter outputs: padded to the full-segment shape.
             enc, dec = self._one_row(row)
             encoder[i, : enc.shape[0]], decoder[i, : dec.shape[0]] = enc, dec
+        targets = torch.from_numpy(decoder)
         return {
             "encoder_input_ids": torch.from_numpy(encoder),
-            "decoder_targets": torch.from_numpy(decoder),
+            # T5's decoder input: the targets shifted right, starting from pad.
+            "decoder_input_ids": shift_right(targets, self.pad_id),
+            "decoder_targets": targets.masked_fill(targets == self.pad_id, IGNORE_INDEX),
         }
 
 

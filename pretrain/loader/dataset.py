@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pretrain.config import DataConfig
 from pretrain.loader.collate import Collator, Objective, make_collator
@@ -63,3 +63,54 @@ class SplitSource:
             noise_density=self.data_config.noise_density,
             mean_span_length=self.data_config.mean_span_length,
         )
+
+
+class SplitReader:
+    """What `TrainLoader` and `ValidationLoader` share: this rank's place, the split opened from
+    the manifest and checked against the model, its collator, and the figures the trainer and
+    the evaluator read."""
+
+    def __init__(
+        self,
+        manifest_url: str,
+        split: Literal["train_split", "validation_split"],
+        *,
+        rank: int,
+        world_size: int,
+        seq_len: int,
+        objective: Objective,
+        seed: int,
+        data_config: DataConfig | None,
+        expected_tokenizer_hash: str | None,
+        expected_vocab_size: int | None,
+        expected_dtype: str | None,
+        storage_options: dict[str, Any] | None,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
+        self.data_config = data_config or DataConfig()
+        self.data_config.validate()
+        self.source = SplitSource.open(
+            manifest_url,
+            getattr(self.data_config, split),
+            self.data_config,
+            expected_tokenizer_hash=expected_tokenizer_hash,
+            expected_vocab_size=expected_vocab_size,
+            expected_dtype=expected_dtype,
+            storage_options=storage_options,
+        )
+        self.rank, self.world_size = rank, world_size
+        self.seq_len, self.objective, self.seed = seq_len, objective, seed
+        self.collator = self.source.collator(objective)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.source.manifest.fingerprint
+
+    @property
+    def tokens(self) -> int:
+        return self.source.split.tokens
+
+    @property
+    def utf8_bytes(self) -> int:
+        return self.source.split.utf8_bytes

@@ -15,6 +15,12 @@ from typing import Any
 
 import fsspec
 
+from data_pipeline.sample_format import (
+    MANIFEST_FORMAT_VERSION,
+    SampleFormatError,
+    parse_shard_name,
+)
+
 DTYPES = {"uint16": 1 << 16, "uint32": 1 << 32}  # dtype -> number of representable token ids
 
 
@@ -75,17 +81,11 @@ class Manifest:
 
 
 def _parse_shard_name(name: str) -> tuple[int, int]:
-    """`{split}-{unit:05d}-{seq:05d}.tar` -> (unit, seq); anything else is a malformed manifest."""
-    stem = posixpath.basename(name)
-    parts = stem.removesuffix(".tar").rsplit("-", 2)
-    if len(parts) != 3 or not stem.endswith(".tar"):
-        raise ManifestError(f"shard name {name!r} is not '{{split}}-{{unit}}-{{seq}}.tar'")
+    """(unit, seq) of a shard name; anything else is a malformed manifest."""
     try:
-        return int(parts[1]), int(parts[2])
-    except ValueError:
-        raise ManifestError(
-            f"shard name {name!r} is not '{{split}}-{{unit}}-{{seq}}.tar'"
-        ) from None
+        return parse_shard_name(name)
+    except SampleFormatError as err:
+        raise ManifestError(str(err)) from None
 
 
 def _join_url(base_dir: str, name: str) -> str:
@@ -98,9 +98,10 @@ def parse_manifest(raw: bytes, url: str) -> Manifest:
     """Build a `Manifest` from the file's bytes; `url` locates the shards (its directory)."""
     try:
         doc = json.loads(raw)
-        if doc.get("format_version") != 1:
+        if doc.get("format_version") != MANIFEST_FORMAT_VERSION:
             raise ManifestError(
-                f"{url}: format_version {doc.get('format_version')!r} unsupported (need 1)"
+                f"{url}: format_version {doc.get('format_version')!r} unsupported "
+                f"(need {MANIFEST_FORMAT_VERSION})"
             )
         dtype = doc["dtype"]
         if dtype not in DTYPES:

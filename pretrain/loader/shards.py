@@ -22,10 +22,7 @@ only its own samples) and does. See docs/loader.md.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import io
-import json
 import tarfile
 import threading
 import warnings
@@ -37,11 +34,10 @@ import fsspec
 import numpy as np
 from webdataset.tariterators import tar_file_iterator
 
+from data_pipeline.sample_format import SampleFormatError, decode_sample
 from pretrain.loader.manifest import ShardInfo
 
 OnBadShard = Literal["fail", "skip"]
-TOKENS_MEMBER = "tokens.npy"
-META_MEMBER = "meta.json"
 
 
 class ShardError(RuntimeError):
@@ -115,41 +111,11 @@ class _BadSampleError(ValueError):
     pass
 
 
-@functools.lru_cache(maxsize=8)
-def _npy_header(dtype: str, chunk_len: int) -> bytes:
-    """The exact header `np.save` writes for a (chunk_len,) array of dtype."""
-    buf = io.BytesIO()
-    np.save(buf, np.zeros(chunk_len, dtype=dtype))
-    return buf.getvalue()[: -chunk_len * np.dtype(dtype).itemsize]
-
-
-def _load_tokens(data: bytes, dtype: str, chunk_len: int) -> np.ndarray:
-    # np.load parses the header with ast.literal_eval, a third of the decode time; when the
-    # header is byte-for-byte the one np.save writes for the expected shape, skip it.
-    header = _npy_header(dtype, chunk_len)
-    if data.startswith(header) and len(data) == len(header) + chunk_len * np.dtype(dtype).itemsize:
-        return np.frombuffer(data, dtype=dtype, offset=len(header))
-    return np.load(io.BytesIO(data), allow_pickle=False)  # any other header: checked below
-
-
 def _decode(key: str, members: dict[str, bytes], *, dtype: str, chunk_len: int) -> Sample:
-    index_hint = key
-    if set(members) != {TOKENS_MEMBER, META_MEMBER}:
-        raise _BadSampleError(f"sample {index_hint!r} has members {sorted(members)}")
     try:
-        tokens = _load_tokens(members[TOKENS_MEMBER], dtype, chunk_len)
-        meta = json.loads(members[META_MEMBER])
-        doc_starts = tuple(int(x) for x in meta["doc_starts"])
-        utf8_bytes = int(meta["utf8_bytes"])
-    except (ValueError, KeyError, TypeError, EOFError, OSError) as exc:
-        raise _BadSampleError(f"sample {index_hint!r} does not decode: {exc}") from exc
-    if tokens.ndim != 1 or tokens.dtype != np.dtype(dtype) or tokens.shape[0] != chunk_len:
-        raise _BadSampleError(
-            f"sample {index_hint!r} has tokens {tokens.dtype}{list(tokens.shape)}, "
-            f"expected {dtype}[{chunk_len}]"
-        )
-    if any(not 0 <= d < chunk_len for d in doc_starts):
-        raise _BadSampleError(f"sample {index_hint!r} has doc_starts outside [0, {chunk_len})")
+        tokens, doc_starts, utf8_bytes = decode_sample(members, dtype=dtype, chunk_len=chunk_len)
+    except SampleFormatError as exc:
+        raise _BadSampleError(f"sample {key!r} {exc}") from exc
     return Sample(index=-1, tokens=tokens, doc_starts=doc_starts, utf8_bytes=utf8_bytes)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pretrain.config import DataConfig
 from pretrain.loader.collate import Batch, Objective
-from pretrain.loader.dataset import SplitSource
+from pretrain.loader.dataset import SplitReader
 from pretrain.loader.order import ShuffledPlan, StreamPlan, seed_int
 from pretrain.loader.prefetch import Prefetcher
 from pretrain.loader.state import LoaderStateError, make_state, order_of, positions_for
@@ -45,7 +45,7 @@ def resolve_order(order: str, mem_len: int | None) -> Order:
     return "shuffled" if mem_len == 0 else "contiguous"
 
 
-class TrainLoader:
+class TrainLoader(SplitReader):
     """Batches of the training split for one rank. See docs/loader.md."""
 
     def __init__(
@@ -68,23 +68,21 @@ class TrainLoader:
     ) -> None:
         """``mem_len``: the model's Transformer-XL memory length, which ``data_config.order``
         "auto" needs (0: shuffled; > 0 or None: contiguous)."""
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
-        self.data_config = data_config or DataConfig()
-        self.data_config.validate()
-        self.source = SplitSource.open(
+        super().__init__(
             manifest_url,
-            self.data_config.train_split,
-            self.data_config,
+            "train_split",
+            rank=rank,
+            world_size=world_size,
+            seq_len=seq_len,
+            objective=objective,
+            seed=seed,
+            data_config=data_config,
             expected_tokenizer_hash=expected_tokenizer_hash,
             expected_vocab_size=expected_vocab_size,
             expected_dtype=expected_dtype,
             storage_options=storage_options,
         )
-        self.rank, self.world_size = rank, world_size
         self.micro_batch_size, self.grad_accum = micro_batch_size, grad_accum
-        self.seq_len, self.objective, self.seed = seq_len, objective, seed
-        self.collator = self.source.collator(objective)
         self.streams_per_rank = micro_batch_size * grad_accum
         self.num_streams = world_size * self.streams_per_rank
         split = self.source.split
@@ -152,18 +150,6 @@ class TrainLoader:
         self.order = order
 
     # -- what the trainer reads about the data -------------------------------------------
-
-    @property
-    def fingerprint(self) -> str:
-        return self.source.manifest.fingerprint
-
-    @property
-    def tokens(self) -> int:
-        return self.source.split.tokens
-
-    @property
-    def utf8_bytes(self) -> int:
-        return self.source.split.utf8_bytes
 
     @property
     def bad_shards(self) -> tuple[int, int]:

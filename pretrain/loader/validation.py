@@ -20,13 +20,13 @@ from typing import Any
 
 from pretrain.config import DataConfig
 from pretrain.loader.collate import Batch, Objective
-from pretrain.loader.dataset import SplitSource
+from pretrain.loader.dataset import SplitReader
 from pretrain.loader.order import StreamPlan, seed_int
 from pretrain.loader.prefetch import Prefetcher
 from pretrain.loader.stream import TokenStream
 
 
-class ValidationLoader:
+class ValidationLoader(SplitReader):
     """Iterate to get ``num_batches`` batches of ``batch_size`` rows; iterable more than once."""
 
     def __init__(
@@ -46,22 +46,21 @@ class ValidationLoader:
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         """Validation is always read in order (``data_config.order`` applies to training only)."""
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} not in [0, world_size={world_size})")
-        self.data_config = data_config or DataConfig()
-        self.data_config.validate()
-        self.source = SplitSource.open(
+        super().__init__(
             manifest_url,
-            self.data_config.validation_split,
-            self.data_config,
+            "validation_split",
+            rank=rank,
+            world_size=world_size,
+            seq_len=seq_len,
+            objective=objective,
+            seed=seed,
+            data_config=data_config,
             expected_tokenizer_hash=expected_tokenizer_hash,
             expected_vocab_size=expected_vocab_size,
             expected_dtype=expected_dtype,
             storage_options=storage_options,
         )
-        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
-        self.seq_len, self.objective, self.seed = seq_len, objective, seed
-        self.collator = self.source.collator(objective)
+        self.batch_size = batch_size
         self.num_streams = world_size * batch_size
         self.plan = StreamPlan(
             self.source.split.shards,
@@ -80,18 +79,6 @@ class ValidationLoader:
         else:
             self.num_batches = max(math.ceil(n / advance) for n in lengths)
             self.predicted_tokens = sum(lengths)
-
-    @property
-    def fingerprint(self) -> str:
-        return self.source.manifest.fingerprint
-
-    @property
-    def tokens(self) -> int:
-        return self.source.split.tokens
-
-    @property
-    def utf8_bytes(self) -> int:
-        return self.source.split.utf8_bytes
 
     def __len__(self) -> int:
         return self.num_batches

@@ -11,7 +11,7 @@ With learned absolute positions the cache must hold the whole sequence (up to
 (the Transformer-XL evaluation regime).
 
 Sampling on top of this (temperature, top-k, top-p, stop ids, a seeded generator) is
-`pretrain.sampling.sample`.
+`pretrain.generate.sampling.sample`.
 """
 
 from __future__ import annotations

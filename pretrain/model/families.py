@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from pretrain.config import ModelConfig
 from pretrain.model.blocks import Stack
 from pretrain.model.layers import RMSNorm, make_norm
+from pretrain.model.size import num_params
 
 GatherFn = Callable[[list[nn.Parameter]], AbstractContextManager[object]]
 
@@ -87,8 +88,6 @@ class LanguageModel(nn.Module):
     def num_params(self) -> int:
         """Parameter count from the config's closed formula (equal to the module's own count,
         which tests check); tied embeddings count once."""
-        from pretrain.model.build import num_params
-
         return num_params(self.config)
 
     @torch.no_grad()

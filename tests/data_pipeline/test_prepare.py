@@ -211,7 +211,8 @@ def test_files_split_names_the_key_when_a_path_is_no_input(
 def test_plain_tar_writer_matches_webdataset_byte_for_byte() -> None:
     import webdataset
 
-    from data_pipeline.shard_writer import PlainTarWriter, encode_sample
+    from data_pipeline.sample_format import encode_sample
+    from data_pipeline.shard_writer import PlainTarWriter
 
     samples = [
         {

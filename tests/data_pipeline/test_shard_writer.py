@@ -12,14 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from data_pipeline.shard_writer import (
-    PlainTarWriter,
-    SplitStream,
-    encode_sample,
-    meta_json,
-    npy_header,
-    stream_flushed,
-)
+from data_pipeline.sample_format import encode_sample, meta_json, npy_header
+from data_pipeline.shard_writer import PlainTarWriter, SplitStream, stream_flushed
 
 
 def tarfile_archive(samples: list[dict[str, Any]], mtime: float = 0.0) -> bytes:

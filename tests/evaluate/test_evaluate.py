@@ -12,17 +12,16 @@ import pytest
 import torch
 
 from data_pipeline.configuration import load_config
-from pretrain import checkpoint as ckpt
+from pretrain.checkpoint import layout as ckpt
+from pretrain.checkpoint.reading import open_checkpoint
 from pretrain.cli import main
 from pretrain.config import ExperimentConfig
-from pretrain.consolidate import open_checkpoint
-from pretrain.evaluate import run_evaluation
-from pretrain.evaluation import EvalSettings, evaluate_model, validation_loader
+from pretrain.evaluate.command import run_evaluation
+from pretrain.evaluate.loop import EvalSettings, evaluate_model, validation_loader
 from pretrain.model import build_model
 from pretrain.tracking import TRAINING_RUN_TAG, read_run
-from tests.evaluate.conftest import XL_HALF, XL_STEPS, TrainedRun
 from tests.helpers.distributed import run_cli_distributed
-from tests.trainer.conftest import experiment_file
+from tests.helpers.trained_runs import XL_HALF, XL_STEPS, TrainedRun, experiment_file
 
 
 @pytest.mark.slow
@@ -99,11 +98,13 @@ def test_other_families_report_their_objectives(char_manifest: Path, tmp_path: P
             config, str(char_manifest), settings, rank=0, world_size=1, expected_tokenizer_hash=None
         )
         model = build_model(config.model).eval()
-        metrics = evaluate_model(model, loader, settings, pad_id=3, device=torch.device("cpu"))
+        metrics = evaluate_model(
+            model, loader, settings, family=config.model.family, device=torch.device("cpu")
+        )
         assert metrics["tokens"] > 0 and 0.0 <= metrics["accuracy"] <= 1.0
         assert metrics["loss"] == pytest.approx(math.log(config.model.vocab_size), rel=0.1)
         assert "bits_per_byte" not in metrics
-        from pretrain.evaluation import LOSS_NAMES
+        from pretrain.evaluate.loop import LOSS_NAMES
 
         assert LOSS_NAMES[config.model.family] == name
 
@@ -190,7 +191,7 @@ def test_a_run_without_zero_partitioning_logs_grad_norms_and_evaluates(
     """`engine.zero_stage: 0` (what a model this small trains fastest with): DeepSpeed keeps no
     gradient norm for fp32 without ZeRO, and writes the whole model once instead of ZeRO shards;
     the trainer measures the norm itself and `evaluate` reads that layout."""
-    from tests.trainer.runs import run_id, train
+    from tests.train.runs import run_id, train
 
     config = experiment_file(tmp_path, char_manifest)
     train(

@@ -26,11 +26,11 @@ from benchmarks.reproduction import (
 from data_pipeline.configuration import load_config, save_config
 from pretrain.batch_loss import OBJECTIVES
 from pretrain.config import ExperimentConfig
-from pretrain.evaluation import EvalSettings, evaluate_model, validation_loader
+from pretrain.evaluate.loop import EvalSettings, evaluate_model, validation_loader
 from pretrain.loader import Batch, TrainLoader, load_manifest
 from pretrain.model import LanguageModel
 from pretrain.objectives import IGNORE_INDEX
-from tests.trainer.conftest import experiment_file
+from tests.helpers.trained_runs import experiment_file
 
 FAMILIES = ("encoder", "encoder_decoder")
 SETTINGS = EvalSettings("validation", seq_len=16, mem_len=16, streams=4, batches=0)
@@ -70,9 +70,9 @@ def _validation_batches(config: ExperimentConfig, settings: EvalSettings) -> lis
     return list(islice(loader, settings.batches or len(loader)))
 
 
-def _hand_targets(batches: list[Batch], family: str, pad_id: int) -> list[int]:
-    key, ignored = ("labels", IGNORE_INDEX) if family == "encoder" else ("decoder_targets", pad_id)
-    return [t for batch in batches for t in batch[key].flatten().tolist() if t != ignored]
+def _hand_targets(batches: list[Batch], family: str) -> list[int]:
+    key = "labels" if family == "encoder" else "decoder_targets"
+    return [t for batch in batches for t in batch[key].flatten().tolist() if t != IGNORE_INDEX]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -82,11 +82,9 @@ def test_baseline_is_the_hand_computation(family: str, char_manifest: Path, tmp_
     pad_id, vocab = int(special["pad"]), config.model.vocab_size
     train, validation = _train_batches(config, steps=6), _validation_batches(config, SETTINGS)
 
-    baseline = score_unigram(
-        count_targets(train, family, pad_id, vocab), validation, family, pad_id
-    )
+    baseline = score_unigram(count_targets(train, family, vocab), validation, family)
 
-    seen, scored = _hand_targets(train, family, pad_id), _hand_targets(validation, family, pad_id)
+    seen, scored = _hand_targets(train, family), _hand_targets(validation, family)
     frequency = Counter(seen)
     probability = {i: (frequency[i] + 1) / (len(seen) + vocab) for i in range(vocab)}
     top = max(range(vocab), key=lambda i: frequency[i])
@@ -129,17 +127,18 @@ def test_the_evaluator_gives_a_unigram_model_the_baseline(
     # The evaluator's loss, accuracy and target count for a model that predicts the baseline's
     # probabilities everywhere are the baseline's: both score the same targets the same way.
     config = _config(tmp_path, char_manifest, family)
-    pad_id = int(load_manifest(str(char_manifest)).special_ids["pad"])
     vocab = config.model.vocab_size
-    counts = count_targets(_train_batches(config, steps=6), family, pad_id, vocab)
-    baseline = score_unigram(counts, _validation_batches(config, SETTINGS), family, pad_id)
+    counts = count_targets(_train_batches(config, steps=6), family, vocab)
+    baseline = score_unigram(counts, _validation_batches(config, SETTINGS), family)
 
     log_p = np.log(counts + 1.0) - np.log(counts.sum() + vocab)
     model = cast(LanguageModel, UnigramModel(family, log_p))
     loader = validation_loader(
         config, str(char_manifest), SETTINGS, rank=0, world_size=1, expected_tokenizer_hash=None
     )
-    metrics = evaluate_model(model, loader, SETTINGS, pad_id=pad_id, device=torch.device("cpu"))
+    metrics = evaluate_model(
+        model, loader, SETTINGS, family=config.model.family, device=torch.device("cpu")
+    )
     assert metrics["tokens"] == baseline.targets
     assert metrics["loss"] == pytest.approx(baseline.loss, rel=1e-5)
     assert metrics["accuracy"] == baseline.accuracy
@@ -160,11 +159,8 @@ def test_a_checkpoints_baseline_counts_every_ranks_steps(
 
     baseline = checkpoint_baseline(step_dir, report_settings)
 
-    pad_id = int(load_manifest(str(char_manifest)).special_ids["pad"])
     train = [b for rank in (0, 1) for b in _train_batches(config, 3, rank=rank, world_size=2)]
-    counts = count_targets(train, "encoder_decoder", pad_id, config.model.vocab_size)
-    expected = score_unigram(
-        counts, _validation_batches(config, settings), "encoder_decoder", pad_id
-    )
+    counts = count_targets(train, "encoder_decoder", config.model.vocab_size)
+    expected = score_unigram(counts, _validation_batches(config, settings), "encoder_decoder")
     assert baseline == expected
     assert isinstance(baseline, UnigramBaseline) and baseline.counted == int(counts.sum()) > 0

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import psutil
 
-from pretrain import checkpoint as ckpt
+from pretrain.checkpoint import layout as ckpt
 from tests.helpers.distributed import REPO_ROOT, distributed_env
-from tests.trainer.conftest import experiment_file
+from tests.helpers.trained_runs import experiment_file
 
 STEPS = 6
 # Evaluation only at the end, a checkpoint every 2 steps: short runs with something to resume.

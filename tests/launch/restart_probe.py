@@ -5,8 +5,8 @@ Attempt 0: both ranks join and all-reduce, then rank 1 SIGKILLs itself. Attempt 
 before joining, so rank 0 asks the rendezvous store for rank 1's address first. torchrun's agent
 keeps one store for the whole job, and it still holds the dead rank's address from attempt 0:
 with plain env:// (``--plain``, DeepSpeed's default) rank 0 can read that address and fail with
-"Gloo connectFullMesh failed ... Connection refused"; `pretrain.engine.init_distributed` scopes
-every key to the attempt, so attempt 1 never sees attempt 0's keys.
+"Gloo connectFullMesh failed ... Connection refused"; `pretrain.distributed.engine.init_distributed`
+scopes every key to the attempt, so attempt 1 never sees attempt 0's keys.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from pretrain.config import EngineConfig
-from pretrain.engine import init_distributed
+from pretrain.distributed.engine import init_distributed
 
 TIMEOUT_S = 20
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pretrain import checkpoint as ckpt
+from pretrain.checkpoint import layout as ckpt
 from tests.helpers.distributed import REPO_ROOT, distributed_env
 from tests.launch.jobs import STEPS, Launch, experiment, kill, wait_for_checkpoint
-from tests.trainer.runs import assert_same_weights, weights
+from tests.train.runs import assert_same_weights, weights
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

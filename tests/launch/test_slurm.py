@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain import checkpoint as ckpt
+from pretrain.checkpoint import layout as ckpt
 from pretrain.tracking import read_run
 from tests.helpers.distributed import REPO_ROOT, distributed_env
 from tests.launch.jobs import OVERRIDES, STEPS, dry_run, experiment, wait_for_checkpoint
@@ -29,7 +29,7 @@ from tests.launch.slurm_cluster import (
     missing_programs,
     slurm_cluster,
 )
-from tests.trainer.runs import run_id
+from tests.train.runs import run_id
 
 pytestmark = [pytest.mark.slurm, pytest.mark.distributed, pytest.mark.slow]
 

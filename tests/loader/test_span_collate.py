@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pretrain.loader.collate import Row, SpanCollator, _segment_lengths, make_collator
-from pretrain.objectives import reconstruct_from_spans, span_corruption, span_counts
+from pretrain.objectives import IGNORE_INDEX, shift_right, span_corruption, span_counts
+from tests.helpers.reference import reconstruct_from_spans
 from tests.loader.shard_fixture import BOS, EOS, MASK, PAD, SENTINELS, UNK, VOCAB_SIZE
 
 SPECIAL_IDS = {"pad": PAD, "bos": BOS, "eos": EOS, "unk": UNK, "mask": MASK, "sentinels": SENTINELS}
@@ -37,8 +38,12 @@ def test_equals_span_corruption_row_by_row(seq_len: int) -> None:
         batch = collator(rows, seq_len)
         for i, (tokens, _, seed) in enumerate(rows):
             enc_row, dec_row = batch["encoder_input_ids"][i], batch["decoder_targets"][i]
+            dec_in = batch["decoder_input_ids"][i]
+            # Every family's targets: IGNORE_INDEX on padding; the decoder input is T5's.
+            padded = dec_row.masked_fill(dec_row == IGNORE_INDEX, PAD)
+            assert torch.equal(dec_in, shift_right(padded[None], PAD)[0])
             if tokens.shape[0] < 2:
-                assert (enc_row == PAD).all() and (dec_row == PAD).all()
+                assert (enc_row == PAD).all() and (dec_row == IGNORE_INDEX).all()
                 continue
             enc, dec = span_corruption(
                 torch.from_numpy(tokens)[None],
@@ -51,7 +56,8 @@ def test_equals_span_corruption_row_by_row(seq_len: int) -> None:
             )
             assert torch.equal(enc_row[: enc.shape[1]], enc[0]), (seq_len, i)
             assert torch.equal(dec_row[: dec.shape[1]], dec[0]), (seq_len, i)
-            assert (enc_row[enc.shape[1] :] == PAD).all() and (dec_row[dec.shape[1] :] == PAD).all()
+            assert (enc_row[enc.shape[1] :] == PAD).all()
+            assert (dec_row[dec.shape[1] :] == IGNORE_INDEX).all()
         full = [i for i, n in enumerate(lengths) if n == seq_len]
         restored = reconstruct_from_spans(
             batch["encoder_input_ids"][full],

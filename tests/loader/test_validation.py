@@ -66,4 +66,5 @@ def test_masked_objectives_pad_finished_streams(dataset: BuiltDataset, objective
         enc, dec = span_corruption_lengths(40, 0.15, 3.0)
         assert last["encoder_input_ids"].shape == (3, enc)
         assert last["decoder_targets"].shape == (3, dec)
-        assert (last["decoder_targets"] == PAD).any()
+        assert (last["decoder_input_ids"] == PAD).any()  # the tail is padding...
+        assert (last["decoder_targets"] == IGNORE_INDEX).any()  # ...with no loss

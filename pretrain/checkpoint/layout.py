@@ -1,0 +1,291 @@
+"""Checkpoint layout and the commit protocol that makes checkpoints atomic.
+
+```
+<dir>/step_0000100/            DeepSpeed's shards, trainer_state_rank{r}.pt, config.yaml, ...
+<dir>/step_0000100/COMMITTED   written last by rank 0: step, world size, sha256 of every file
+<dir>/latest                   "step_0000100", rewritten only after COMMITTED exists
+```
+
+A step directory without `COMMITTED` is a save that did not finish (a crash, a kill -9): it is never
+resumed from and is removed by the next save. The previous committed step is untouched until a
+newer one is committed and `keep_last` allows pruning it, so a crash mid-save never destroys the
+last good checkpoint. The checkpoint directory must be visible to every rank (a shared file system
+on multi-node jobs), as DeepSpeed's own checkpointing also requires.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import torch
+
+from data_pipeline.configuration import flatten
+from pretrain.config import ExperimentConfig
+
+MARKER = "COMMITTED"
+LATEST = "latest"
+CONFIG_FILE = "config.yaml"  # the run's resolved config, in every step directory
+DS_CONFIG_FILE = "ds_config.json"  # the DeepSpeed config dict the run used
+_STEP_DIR = re.compile(r"^step_(\d{7,})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, uncommitted, corrupt, or not a checkpoint directory at all."""
+
+
+def step_dir(root: str | Path, step: int) -> Path:
+    return Path(root) / f"step_{step:07d}"
+
+
+def trainer_state_path(directory: Path, rank: int) -> Path:
+    return directory / f"trainer_state_rank{rank}.pt"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary name, flush to disk, then rename: readers see all or nothing."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+
+
+def _files_of(directory: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in directory.rglob("*")
+        if p.is_file() and p.name != MARKER and not p.name.startswith(".")
+    )
+
+
+def commit(
+    directory: Path, *, step: int, world_size: int, extra: dict[str, Any] | None = None
+) -> None:
+    """Seal a fully written step directory (rank 0, after every rank has finished writing)."""
+    files = {
+        str(p.relative_to(directory)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
+        for p in _files_of(directory)
+    }
+    marker = {"step": step, "world_size": world_size, "files": files, **(extra or {})}
+    _write_atomically(directory / MARKER, json.dumps(marker, indent=1, sort_keys=True).encode())
+    _write_atomically(directory.parent / LATEST, f"{directory.name}\n".encode())
+
+
+def read_marker(directory: Path) -> dict[str, Any]:
+    path = directory / MARKER
+    if not path.is_file():
+        raise CheckpointError(
+            f"{directory} is not committed (no {MARKER} marker): the save did not finish"
+        )
+    try:
+        marker: dict[str, Any] = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is corrupt: {err}") from None
+    return marker
+
+
+def verify(directory: Path) -> list[str]:
+    """Every problem with a committed step directory: missing files, wrong sizes or hashes."""
+    marker = read_marker(directory)
+    problems = []
+    for name, expected in sorted(marker["files"].items()):
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != expected["bytes"]:
+            problems.append(f"{path}: {path.stat().st_size} bytes, expected {expected['bytes']}")
+        elif _sha256(path) != expected["sha256"]:
+            problems.append(f"{path}: sha256 does not match the one recorded at commit")
+    return problems
+
+
+def step_dirs(root: str | Path) -> list[tuple[int, Path]]:
+    """Every step directory under ``root``, committed or not, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def split_path(path: str | Path) -> tuple[Path, int | None]:
+    """(checkpoint root, step): the one answer to "is this a checkpoint root or a step
+    directory". A root (``checkpoint.dir``: it holds step directories) gives ``(path, None)``;
+    one ``step_NNNNNNN`` directory gives ``(its root, its step)``; anything else is refused."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is a file, not a checkpoint directory")
+    if step_dirs(path):
+        return path, None
+    as_step = [s for s, p in step_dirs(path.parent) if p.resolve() == path.resolve()]
+    if not as_step:
+        raise CheckpointError(
+            f"{path} is not a checkpoint directory: it holds no step_NNNNNNN directories "
+            "and is not one itself (pass checkpoint.dir of a training run, or one of its "
+            "step directories)"
+        )
+    return path.parent, as_step[0]
+
+
+def committed_steps(root: str | Path) -> list[int]:
+    return [step for step, path in step_dirs(root) if (path / MARKER).is_file()]
+
+
+@dataclass
+class ResumePoint:
+    step: int
+    directory: Path
+    marker: dict[str, Any]
+
+
+def find_resume_point(
+    root: str | Path, *, step: int | None = None, report: Callable[[str], None] = print
+) -> ResumePoint | None:
+    """The newest committed step whose files match their hashes (or exactly ``step``).
+
+    A corrupt checkpoint is reported through ``report`` and skipped for the previous one; with an
+    explicit ``step`` it is an error instead, since the user asked for that one.
+    """
+    root = Path(root)
+    if step is not None:
+        directory = step_dir(root, step)
+        if not directory.is_dir():
+            have = ", ".join(str(s) for s in committed_steps(root)) or "none"
+            raise CheckpointError(f"{root} has no step {step} (committed steps: {have})")
+        problems = verify(directory)
+        if problems:
+            raise CheckpointError(f"step {step} is corrupt:\n  " + "\n  ".join(problems))
+        return ResumePoint(step, directory, read_marker(directory))
+    for candidate in reversed(committed_steps(root)):
+        directory = step_dir(root, candidate)
+        problems = verify(directory)
+        if not problems:
+            return ResumePoint(candidate, directory, read_marker(directory))
+        report(
+            f"checkpoint step {candidate} failed verification and is skipped:\n  "
+            + "\n  ".join(problems)
+        )
+    return None
+
+
+def prune(root: str | Path, keep_last: int) -> list[Path]:
+    """Remove unfinished saves and all but the newest ``keep_last`` committed steps (rank 0)."""
+    entries = step_dirs(root)
+    committed = [path for _, path in entries if (path / MARKER).is_file()]
+    keep = set(committed[-keep_last:])
+    removed = []
+    for _, path in entries:
+        if path not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def remove_unfinished(root: str | Path) -> list[Path]:
+    """Remove step directories that were never committed (leftovers of an interrupted save)."""
+    removed = []
+    for _, path in step_dirs(root):
+        if not (path / MARKER).is_file():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------
+# Per-rank trainer state: plain tensors and numbers, loaded with weights_only=True
+# --------------------------------------------------------------------------------------------
+
+
+def capture_rng_state() -> dict[str, Any]:
+    numpy_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        # numpy's state holds an ndarray; as a list it loads under weights_only=True.
+        "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    version, keys, *rest = state["numpy"]
+    random.setstate(_as_python_random_state(state["python"]))
+    np.random.set_state((version, np.asarray(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_python_random_state(state: Any) -> tuple[Any, ...]:
+    # Lists come back where tuples went in after some serialisation paths; random wants tuples.
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
+
+
+def save_trainer_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing")
+    state: dict[str, Any] = torch.load(path, weights_only=True, map_location="cpu")
+    return state
+
+
+# -- which config keys may change -------------------------------------------------------------
+
+# At resume: a change to these makes the checkpoint meaningless for the run (the weights, the
+# data order or the memory layout would not line up). Anything else may change, and is reported.
+FIXED_AT_RESUME = ("model.", "data.manifest", "data.train_split", "data.seed", "train.seq_len")
+# When a step is read (evaluate, export, generate): every model key is fixed except these, which
+# change how the weights are used, not their shapes. Anything outside model.* may change.
+TUNABLE_WHEN_READING = ("model.mem_len", "model.dropout", "model.attn_dropout")
+
+
+def config_changes(
+    saved: ExperimentConfig, new: ExperimentConfig, *, at: Literal["resume", "read"]
+) -> tuple[list[str], list[str]]:
+    """(refused, allowed) differences between a step's saved config and ``new``, each as
+    'key: old -> new', for a run resuming the step (``at="resume"``) or a reader of it."""
+    before, after = flatten(saved), flatten(new)
+    refused: list[str] = []
+    allowed: list[str] = []
+    for key in sorted(set(before) | set(after)):
+        if before.get(key) != after.get(key):
+            line = f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+            if at == "resume":
+                fixed = key.startswith(FIXED_AT_RESUME)
+            else:
+                fixed = key.startswith("model.") and key not in TUNABLE_WHEN_READING
+            (refused if fixed else allowed).append(line)
+    return refused, allowed

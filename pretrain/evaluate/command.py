@@ -110,7 +110,9 @@ def run_evaluation(
     rows = []
     for mem_len in lengths:
         current = EvalSettings(**{**asdict(settings), "mem_len": mem_len})
-        metrics = evaluate_model(model, loader, current, family=config.model.family, device=device)
+        metrics = evaluate_model(
+            model, loader, current, family=config.model.family, device=device, show_progress=True
+        )
         rows.append({"mem_len": mem_len, **metrics})
     main = next(r for r in rows if r["mem_len"] == settings.mem_len)
     return {

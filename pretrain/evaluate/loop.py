@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
+from data_pipeline.progress import track
 from pretrain.batch_loss import OBJECTIVES, Mems, forward_loss
 from pretrain.config import ExperimentConfig, Family
 from pretrain.distributed.process_group import all_reduce_sum
@@ -75,18 +77,23 @@ def evaluate_model(
     *,
     family: Family,
     device: torch.device,
+    show_progress: bool = False,
 ) -> dict[str, float]:
     """loss (mean nats per target), perplexity, accuracy and targets over the first
     ``settings.batches`` batches of ``loader`` (all of them for 0), memory of
     ``settings.mem_len`` carried from each batch to the next; bits per byte and bytes per token
     for decoders. ``model`` is a plain module (`pretrain evaluate`) or the trainer's DeepSpeed
-    engine (its validation). Sums are reduced over the process group when there is one."""
+    engine (its validation). Sums are reduced over the process group when there is one.
+    ``show_progress``: a bar or progress lines with the time left (`pretrain evaluate`; the
+    trainer's validation is short and prints its result)."""
     run = functools.partial(model, mem_len=settings.mem_len)
     batches = settings.batches
     totals = torch.zeros(3, dtype=torch.float64)  # summed loss, targets, correct predictions
     mems: Mems | None = None
     limit = batches if batches > 0 else len(loader)
-    for index, batch in enumerate(loader):
+    first_rank = not dist.is_initialized() or dist.get_rank() == 0
+    shown = track(loader, limit, "evaluate", enabled=show_progress and first_rank, unit="batch")
+    for index, batch in enumerate(shown):
         if index >= limit:
             break
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}

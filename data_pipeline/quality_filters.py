@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import re
 import string
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from itertools import accumulate
+from itertools import count, repeat
 from typing import Any
+
+import numpy as np
 
 Verdict = str | None  # None: keep; otherwise the heuristic that rejected the document
 Filter = Callable[[str], Verdict]
@@ -64,6 +66,8 @@ _PUNCT = (
 )  # ellipsis, curly quotes, guillemets, dashes
 _PARAGRAPH = re.compile(r"\n{2,}")
 _LINE = re.compile(r"\n+")
+# A whitespace-separated word with a letter; linear (a lookahead from each word start only).
+_ALPHA_WORD = re.compile(r"(?<!\S)(?=\S*?[^\W\d_])\S+")
 
 
 def check_params(name: str, params: Mapping[str, Any]) -> None:
@@ -145,6 +149,7 @@ def _length(p: dict[str, Any]) -> Filter:
 
 
 def _gopher_quality(p: dict[str, Any]) -> Filter:
+    # Per-word work through C-level map/regex calls: this runs over every word of the corpus.
     def check(text: str) -> Verdict:
         words = text.split()
         n = len(words)
@@ -152,14 +157,14 @@ def _gopher_quality(p: dict[str, Any]) -> Filter:
             return "min_words"
         if n > p["max_words"]:
             return "max_words"
-        stripped = [w.strip(_PUNCT) for w in words]
-        content = [w for w in stripped if w]  # punctuation-only tokens are no words
-        mean = sum(map(len, content)) / len(content) if content else 0.0
+        stripped = list(map(str.strip, words, repeat(_PUNCT)))
+        content = n - stripped.count("")  # punctuation-only tokens are no words
+        mean = sum(map(len, stripped)) / content if content else 0.0
         if mean < p["min_mean_word_length"]:
             return "min_mean_word_length"
         if mean > p["max_mean_word_length"]:
             return "max_mean_word_length"
-        symbols = text.count("#") + text.count("...") + text.count("…")
+        symbols = text.count("#") + text.count("...") + text.count("\u2026")
         if symbols / n > p["max_symbol_word_ratio"]:
             return "symbol_word_ratio"
         lines = text.splitlines()
@@ -170,10 +175,10 @@ def _gopher_quality(p: dict[str, Any]) -> Filter:
             ellipses = sum(1 for line in lines if line.rstrip().endswith(ELLIPSES))
             if ellipses / len(lines) > p["max_ellipsis_lines_ratio"]:
                 return "ellipsis_lines_ratio"
-        alpha = sum(1 for w in words if any(c.isalpha() for c in w))
+        alpha = len(_ALPHA_WORD.findall(text))  # whitespace-separated words with a letter
         if alpha / n < p["max_non_alpha_words_ratio"]:
             return "non_alpha_words_ratio"
-        if sum(1 for w in stripped if w.lower() in STOP_WORDS) < p["min_stop_words"]:
+        if sum(map(STOP_WORDS.__contains__, map(str.lower, stripped))) < p["min_stop_words"]:
             return "stop_words"
         return None
 
@@ -193,6 +198,42 @@ def _duplicates(items: list[str]) -> tuple[int, int]:
     return count, chars
 
 
+def word_ids(words: list[str]) -> np.ndarray:
+    """Each word's index among the distinct words of ``words`` (first seen first)."""
+    table: defaultdict[str, int] = defaultdict(count().__next__)
+    return np.fromiter(map(table.__getitem__, words), dtype=np.int64, count=len(words))
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def ngram_keys(ids: np.ndarray, n: int) -> np.ndarray:
+    """A key per n-gram of ``ids`` (position i: words i..i+n-1), equal for equal n-grams: the
+    ids mixed into 64 bits (a collision merely overcounts a repeat, with odds ~ 2^-64 each)."""
+    keys = np.zeros(len(ids) - n + 1, dtype=np.uint64)
+    for k in range(n):
+        keys = keys * _MIX + ids[k : len(ids) - n + 1 + k].astype(np.uint64)
+    return keys
+
+
+def _repeated_ngram_chars(words: list[str], keys: np.ndarray, ends: np.ndarray, n: int) -> int:
+    """Characters in repeated n-grams counted as the Gopher paper does: scanning left to
+    right, an n-gram seen before counts its characters and the scan continues after it."""
+    seen: set[int] = set()
+    repeated = i = 0
+    last = len(keys) - 1
+    values = keys.tolist()
+    while i <= last:
+        key = values[i]
+        if key in seen:
+            repeated += int(ends[i + n] - ends[i])
+            i += n
+        else:
+            seen.add(key)
+            i += 1
+    return repeated
+
+
 def _gopher_repetition(p: dict[str, Any]) -> Filter:
     top = [(n, p[f"top_{n}gram_frac"]) for n in (2, 3, 4)]
     dup = [(n, p[f"dup_{n}gram_frac"]) for n in range(5, 11)]
@@ -202,44 +243,51 @@ def _gopher_repetition(p: dict[str, Any]) -> Filter:
         if size == 0:
             return None
         paragraphs = _PARAGRAPH.split(text.strip())
-        count, chars = _duplicates(paragraphs)
-        if count / len(paragraphs) > p["dup_para_frac"]:
+        dups, chars = _duplicates(paragraphs)
+        if dups / len(paragraphs) > p["dup_para_frac"]:
             return "dup_para_frac"
         if chars / size > p["dup_para_char_frac"]:
             return "dup_para_char_frac"
         lines = _LINE.split(text)
-        count, chars = _duplicates(lines)
-        if count / len(lines) > p["dup_line_frac"]:
+        dups, chars = _duplicates(lines)
+        if dups / len(lines) > p["dup_line_frac"]:
             return "dup_line_frac"
         if chars / size > p["dup_line_char_frac"]:
             return "dup_line_char_frac"
         words = text.split()
-        # Characters of the n-gram starting at word i: prefix sums of word lengths.
-        ends = [0, *accumulate(map(len, words))]
+        ids = word_ids(words)
+        lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        ends = np.concatenate([[0], np.cumsum(lengths)])  # characters before word i: ends[i]
+        most = len(words)  # occurrences of the most frequent (n-1)-gram: bounds the n-gram's
         for n, frac in top:
             if len(words) < n:
                 continue
-            grams = Counter(zip(*(words[i:] for i in range(n)), strict=False))
-            gram, times = grams.most_common(1)[0]
-            if times > 1 and sum(map(len, gram)) * times / size > frac:
-                return f"top_{n}gram_frac"
+            longest = int((ends[n:] - ends[:-n]).max())
+            if most * longest / size <= frac:
+                continue  # cannot fail: skip counting (usual for prose)
+            keys = ngram_keys(ids, n)
+            _, first, times = np.unique(keys, return_index=True, return_counts=True)
+            best = int(np.argmax(times))
+            most = int(times[best])
+            if most > 1:
+                i = int(first[best])
+                if int(ends[i + n] - ends[i]) * most / size > frac:
+                    return f"top_{n}gram_frac"
         for n, frac in dup:
             if len(words) < n:
                 continue
-            # Non-overlapping repeats, as the Gopher paper counts them: after a repeated
-            # n-gram, continue after it.
-            seen: set[tuple[str, ...]] = set()
-            repeated = i = 0
-            last = len(words) - n
-            while i <= last:
-                gram = tuple(words[i : i + n])
-                if gram in seen:
-                    repeated += ends[i + n] - ends[i]
-                    i += n
-                else:
-                    seen.add(gram)
-                    i += 1
-            if repeated / size > frac:
+            keys = ngram_keys(ids, n)
+            _, first = np.unique(keys, return_index=True)
+            if len(first) == len(keys):
+                break  # no n-gram repeats, so no longer one does either
+            # Every position whose n-gram occurred earlier, overlapping ones included, bounds
+            # the paper's count from above; only when that bound fails is the exact scan run.
+            later = np.ones(len(keys), dtype=bool)
+            later[first] = False
+            starts = np.flatnonzero(later)
+            if int((ends[starts + n] - ends[starts]).sum()) / size <= frac:
+                continue
+            if _repeated_ngram_chars(words, keys, ends, n) / size > frac:
                 return f"dup_{n}gram_frac"
         return None
 

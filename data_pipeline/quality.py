@@ -451,7 +451,8 @@ def clusters(cfg: PrepareConfig) -> dict[str, Any]:
                 removed_bytes[reason[i]] += int(nbytes[i])
                 if rejected[i]:
                     heuristics[rejected[i]] += 1
-        out.commit(removals_name(unit.index), json_bytes({"unit": unit.index, "removed": entries}))
+        removals = {"unit": unit.index, "documents": hi - lo, "removed": entries}
+        out.commit(removals_name(unit.index), json_bytes(removals))
     summary = {
         "hash": quality_hash(cfg),
         "documents": total,
@@ -485,7 +486,8 @@ def run_stages(cfg: PrepareConfig, *, workers: int = 1) -> dict[str, Any]:
     return clusters(cfg)
 
 
-def load_removals(out: Output, unit: int) -> dict[int, tuple[str, list[int] | None]]:
-    """Document index -> (reason, [unit, document] of the copy kept) for one unit."""
+def load_removals(out: Output, unit: int) -> tuple[int, dict[int, tuple[str, list[int] | None]]]:
+    """(documents the scan read in ``unit``, document index -> (reason, [unit, document] of
+    the copy kept))."""
     data = out.read_json(removals_name(unit))
-    return {int(d): (str(r), k) for d, r, k in data["removed"]}
+    return int(data["documents"]), {int(d): (str(r), k) for d, r, k in data["removed"]}

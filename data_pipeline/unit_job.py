@@ -88,10 +88,11 @@ def run_unit(
     )
     blake2b = hashlib.blake2b
     removals: dict[int, tuple[str, list[int] | None]] = {}
+    scanned = -1
     if cfg.quality.enabled:
         from data_pipeline.quality import load_removals
 
-        removals = load_removals(out, unit.index)
+        scanned, removals = load_removals(out, unit.index)
     removed: Counter[str] = Counter()
     removed_bytes: Counter[str] = Counter()
     rejected: list[bytes] = []
@@ -137,6 +138,13 @@ def run_unit(
         batch_bytes[split] += doc.nbytes
         if len(batch) >= max_docs or batch_bytes[split] >= BATCH_BYTES:
             flush(split)
+    if scanned >= 0 and documents_read != scanned:
+        # The removals name documents by index: they hold only for the text that was scanned.
+        raise RuntimeError(
+            f"{unit.source.path}: unit {unit.index} has {documents_read} documents, the quality "
+            f"scan read {scanned}: the input changed since; delete {cfg.output}/_quality and "
+            "rerun the stages"
+        )
     for split in streams:
         flush(split)
     dropped = {split: s.finish() for split, s in streams.items()}

@@ -403,3 +403,21 @@ def test_from_dict_accepts_a_full_quality_section(recipe: Callable[..., PrepareC
         },
     )
     assert cfg.quality.minhash.num_perm == 117 and cfg.quality.enabled
+
+
+def test_input_changed_after_the_scan_is_an_error(
+    recipe: Callable[..., PrepareConfig],
+    dup_corpus: tuple[list[str], dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    paths, _ = dup_corpus
+    cfg = quality_recipe(recipe, paths, tmp_path / "out")
+    scan(cfg)
+    buckets(cfg)
+    clusters(cfg)
+    # Same size, one paragraph more: the removals' document numbers no longer fit.
+    text = Path(paths[0]).read_text()
+    at = text.index("s ")
+    Path(paths[0]).write_text(text[:at] + "\n\n" + text[at + 2 :])
+    with pytest.raises(RuntimeError, match="the input changed since"):
+        prepare(cfg, workers=1)

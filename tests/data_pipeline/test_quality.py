@@ -8,6 +8,7 @@ import json
 import random
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -421,3 +422,21 @@ def test_input_changed_after_the_scan_is_an_error(
     Path(paths[0]).write_text(text[:at] + "\n\n" + text[at + 2 :])
     with pytest.raises(RuntimeError, match="the input changed since"):
         prepare(cfg, workers=1)
+
+
+def test_language_id_and_minhash_run_without_torch() -> None:
+    """py3langid and datasketch (imported only when used) need no torch either."""
+    from tests.test_import_without_torch import REPO_ROOT, SCRIPT
+
+    script = SCRIPT + (
+        "from data_pipeline.quality import Signer, normalise\n"
+        "from data_pipeline.quality_filters import build_filter\n"
+        "from data_pipeline.schemas import MinHashConfig\n"
+        "assert build_filter('language', {})('This is plainly an English sentence.') is None\n"
+        "assert Signer(MinHashConfig(enabled=True)).sign(normalise('a b c d e f g')) is not None\n"
+        "assert 'torch' not in sys.modules\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
+    )
+    assert result.returncode == 0, result.stderr

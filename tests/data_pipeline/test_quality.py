@@ -20,7 +20,8 @@ import pytest
 from data_pipeline import manifest_fingerprint
 from data_pipeline.configuration import ConfigError, from_dict
 from data_pipeline.inspection import summarize
-from data_pipeline.prepare import finalize, prepare, recipe
+from data_pipeline.prepare import finalize, prepare
+from data_pipeline.prepare import recipe as recipe_of
 from data_pipeline.quality import buckets, clusters, normalise, scan
 from data_pipeline.quality_filters import build_filter
 from data_pipeline.schemas import PrepareConfig
@@ -184,7 +185,7 @@ def test_recipes_without_quality_keep_their_manifest(
     recipe: Callable[..., PrepareConfig], tmp_path: Path
 ) -> None:
     cfg = recipe(output=str(tmp_path / "plain"))
-    assert "quality" not in recipe_keys(cfg)
+    assert "quality" not in recipe_of(cfg)
     prepare(cfg, workers=1)
     manifest = json.loads((tmp_path / "plain" / "manifest.json").read_text())
     assert "quality" not in manifest and "removed" not in manifest["counters"]
@@ -192,11 +193,7 @@ def test_recipes_without_quality_keep_their_manifest(
     # And a manifest recorded before the key existed is the same recipe.
     old = dict(manifest["config"])
     old.pop("quality")
-    assert recipe_keys(old) == recipe_keys(cfg)
-
-
-def recipe_keys(cfg: PrepareConfig | dict[str, Any]) -> dict[str, Any]:
-    return recipe(cfg)
+    assert recipe_of(old) == recipe_of(cfg)
 
 
 def test_filters_remove_and_count_per_filter(

@@ -43,6 +43,13 @@ EXAMPLES = {
   # a SLURM array of 8 tasks, then one finalize:
   data-pipeline prepare configs/data/wikitext2.yaml --num-tasks 8 --task-index $SLURM_ARRAY_TASK_ID
   data-pipeline finalize configs/data/wikitext2.yaml""",
+    "quality": """examples:
+  # one machine: prepare runs every stage itself; many (SLURM arrays), stage by stage:
+  data-pipeline quality configs/data/wikitext2_quality.yaml --stage scan \
+      --num-tasks 8 --task-index $SLURM_ARRAY_TASK_ID
+  data-pipeline quality configs/data/wikitext2_quality.yaml --stage buckets \
+      --num-tasks 4 --task-index $SLURM_ARRAY_TASK_ID
+  data-pipeline quality configs/data/wikitext2_quality.yaml --stage clusters""",
     "finalize": """examples:
   data-pipeline finalize configs/data/wikitext2.yaml""",
     "inspect": """examples:
@@ -105,7 +112,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="independent tasks sharing the units (SLURM array size)",
     )
     p.add_argument("--task-index", type=int, default=0, help="this task's index in [0, num-tasks)")
+    p.add_argument(
+        "--keep-rejected",
+        metavar="DIR",
+        help="write the documents the quality stages removed, with the reason, to DIR "
+        "({unit}.jsonl; local path or URL)",
+    )
     p.set_defaults(handler=_prepare)
+
+    p = _sub(
+        subs,
+        "quality",
+        "Run a quality stage (filters, global exact and MinHash dedup) as independent tasks.",
+    )
+    add_config_arguments(
+        p, config_help="data recipe (configs/data/*.yaml)", override_example=RECIPE_EXAMPLE
+    )
+    p.add_argument(
+        "--stage",
+        choices=["scan", "buckets", "clusters", "all"],
+        required=True,
+        help="scan: filters, hashes, signatures per unit; buckets: LSH links per band; "
+        "clusters: one task deciding every removal; all: the three here, in order",
+    )
+    p.add_argument(
+        "--workers", type=int, default=usable_cpus(), help="worker processes (scan stage)"
+    )
+    p.add_argument("--num-tasks", type=int, default=1, help="independent tasks of this stage")
+    p.add_argument("--task-index", type=int, default=0, help="this task's index in [0, num-tasks)")
+    p.set_defaults(handler=_quality)
 
     p = _sub(subs, "finalize", "Write manifest.json once every task's units are committed.")
     add_config_arguments(
@@ -164,7 +199,36 @@ def _prepare(args: argparse.Namespace) -> int:
     from data_pipeline.prepare import prepare
 
     try:
-        prepare(cfg, workers=args.workers, num_tasks=args.num_tasks, task_index=args.task_index)
+        prepare(
+            cfg,
+            workers=args.workers,
+            num_tasks=args.num_tasks,
+            task_index=args.task_index,
+            keep_rejected=args.keep_rejected,
+        )
+    except (BadInputError, SourceError, ValueError, OSError, RuntimeError) as err:
+        return _fail(err)
+    return 0
+
+
+def _quality(args: argparse.Namespace) -> int:
+    cfg = resolve_config(PrepareConfig, args)
+    if cfg is None:
+        return 0
+    from data_pipeline import quality
+
+    if not 0 <= args.task_index < args.num_tasks:
+        return _fail(ValueError(f"--task-index must be in [0, {args.num_tasks})"))
+    if not cfg.quality.enabled:
+        return _fail(ValueError("the recipe has no quality section (filters, dedup)"))
+    tasks = {"num_tasks": args.num_tasks, "task_index": args.task_index}
+    try:
+        if args.stage in ("scan", "all"):
+            quality.scan(cfg, workers=args.workers, **tasks)
+        if args.stage in ("buckets", "all"):
+            quality.buckets(cfg, **tasks)
+        if args.stage in ("clusters", "all"):
+            quality.clusters(cfg)
     except (BadInputError, SourceError, ValueError, OSError, RuntimeError) as err:
         return _fail(err)
     return 0

@@ -45,6 +45,21 @@ def summarize(
         f"dropped      {c['duplicates_dropped']:,} duplicate documents, "
         f"{c['tail_tokens_dropped']:,} tail tokens",
     ]
+    if "removed" in c:  # recipes with quality stages
+        removed = ", ".join(
+            f"{k} {v:,} ({c['removed_bytes'].get(k, 0):,} B)" for k, v in c["removed"].items()
+        )
+        lines.append(f"removed      {removed or 'nothing'} (quality filters and dedup)")
+    q = m.get("quality")
+    if q:
+        sizes = ", ".join(f"{n} x{size}" for size, n in q["cluster_sizes"].items())
+        lines.append(
+            f"quality      {q['documents']:,} documents scanned; "
+            f"{q['near_duplicate_clusters']:,} near-duplicate clusters"
+            + (f" (sizes: {sizes})" if sizes else "")
+        )
+        for heuristic, n in q["filter_heuristics"].items():
+            lines.append(f"  filtered   {heuristic} {n:,}")
     lines.append(_sample_text(m, base, sample_chars, storage_options))
     return "\n".join(lines)
 

@@ -72,8 +72,11 @@ def build_manifest(
     dtype: str,
     chunk_len: int,
     markers: list[dict[str, Any]],
+    quality: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of a finished dataset from every unit's marker (in unit order)."""
+    """The manifest of a finished dataset from every unit's marker (in unit order), with the
+    quality stages' summary when the recipe has any (otherwise no key: manifests of recipes
+    without them stay byte for byte what they were)."""
     markers = sorted(markers, key=lambda m: m["unit"])
     splits: dict[str, Any] = {}
     for split in SPLITS:
@@ -99,7 +102,15 @@ def build_manifest(
         "bytes_read": sum(m["counters"]["bytes_read"] for m in markers),
         "tail_tokens_dropped": sum(m["counters"]["tail_tokens_dropped"] for m in markers),
     }
-    return {
+    if any("removed" in m["counters"] for m in markers):
+        removed: Counter[str] = Counter()
+        removed_bytes: Counter[str] = Counter()
+        for m in markers:
+            removed.update(m["counters"].get("removed", {}))
+            removed_bytes.update(m["counters"].get("removed_bytes", {}))
+        counters["removed"] = dict(sorted(removed.items()))
+        counters["removed_bytes"] = dict(sorted(removed_bytes.items()))
+    manifest = {
         "format_version": MANIFEST_FORMAT_VERSION,
         "dtype": dtype,
         "chunk_len": chunk_len,
@@ -109,6 +120,9 @@ def build_manifest(
         "counters": counters,
         "config": config,
     }
+    if quality is not None:
+        manifest["quality"] = quality
+    return manifest
 
 
 def write_manifest(out: Output, manifest: dict[str, Any]) -> str:

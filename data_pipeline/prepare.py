@@ -139,9 +139,14 @@ def prepare(
     num_tasks: int = 1,
     task_index: int = 0,
     finalize_when_done: bool | None = None,
+    keep_rejected: str | None = None,
 ) -> PrepareResult:
     """Run this task's share of the units (unit i belongs to task i % num_tasks). With one task
-    the manifest is written at the end; with several, run `finalize` once all tasks are done."""
+    the manifest is written at the end; with several, run `finalize` once all tasks are done.
+
+    A recipe with ``quality`` needs its stages done first (`data_pipeline.quality`): a single
+    task runs them here; several tasks need ``data-pipeline quality`` run for every stage.
+    ``keep_rejected``: a directory or URL that gets the documents the stages removed."""
     if not 0 <= task_index < num_tasks:
         raise ValueError(f"--task-index must be in [0, {num_tasks}), got {task_index}")
     started = time.monotonic()
@@ -149,6 +154,8 @@ def prepare(
     out = Output(cfg.output, cfg.storage_options)
     chash = config_hash(cfg, tok)
     check_output(out, cfg, tok)
+    if cfg.quality.enabled:
+        _quality_stages_done(cfg, out, workers, num_tasks)
     units = plan_units(cfg)
     mine = [u for u in units if u.index % num_tasks == task_index]
     committed = {name for name in out.list("_units")}
@@ -163,7 +170,7 @@ def prepare(
     )
     progress = Progress("prepare", len(todo))
     if todo:
-        _run_units(todo, cfg, tok, out, chash, workers, progress)
+        _run_units(todo, cfg, tok, out, chash, workers, progress, keep_rejected)
     logger.info("%s", progress.line().replace("[prepare]", "[prepare done]"))
     fingerprint = None
     if finalize_when_done if finalize_when_done is not None else num_tasks == 1:
@@ -184,6 +191,7 @@ def _run_units(
     chash: str,
     workers: int,
     progress: Progress,
+    keep_rejected: str | None = None,
 ) -> None:
     """Run ``todo`` on ``workers`` processes: this one and ``workers - 1`` spawned ones, all
     taking units from one queue. This process starts on the first unit at once, while the
@@ -205,7 +213,9 @@ def _run_units(
                 # The tokenizer goes over the pipe (see `_dispatch`), not with these arguments: the
                 # spawn handshake blocks for good if a child dies before reading arguments
                 # larger than a pipe buffer (the parent holds the pipe's other end meanwhile).
-                proc = ctx.Process(target=worker_main, args=(theirs, cfg, out, chash), daemon=True)
+                proc = ctx.Process(
+                    target=worker_main, args=(theirs, cfg, out, chash, keep_rejected), daemon=True
+                )
                 proc.start()
                 theirs.close()
                 helpers.append((proc, mine))
@@ -229,6 +239,7 @@ def _run_units(
                 lambda d, t, b: progress.add(d, t, b),
                 committer,
                 lambda: progress.add(units=1),
+                keep_rejected,
             )
         committer.wait()
         if dispatcher is not None:
@@ -245,6 +256,21 @@ def _run_units(
             pipe.close()
     if errors:
         raise errors[0]
+
+
+def _quality_stages_done(cfg: PrepareConfig, out: Output, workers: int, num_tasks: int) -> None:
+    from data_pipeline import quality
+
+    quality.check_quality_output(out, cfg)
+    if out.exists(quality.SUMMARY):
+        return
+    if num_tasks > 1:
+        raise RuntimeError(
+            f"{out.url}: the recipe's quality stages are not done ({quality.SUMMARY} is "
+            "missing); run `data-pipeline quality CONFIG --stage scan|buckets|clusters` (each "
+            "stage's tasks, in that order) before the prepare tasks"
+        )
+    quality.run_stages(cfg, workers=workers)
 
 
 def _dispatch(
@@ -331,6 +357,17 @@ def _serve(
                 exited.add(conn)
 
 
+def _quality_summary(cfg: PrepareConfig, out: Output) -> dict[str, Any] | None:
+    """What the quality stages removed, for the manifest (None for a recipe without them)."""
+    if not cfg.quality.enabled:
+        return None
+    from data_pipeline.quality import SUMMARY
+
+    summary: dict[str, Any] = out.read_json(SUMMARY)
+    summary.pop("hash", None)
+    return summary
+
+
 def finalize(
     cfg: PrepareConfig,
     *,
@@ -371,7 +408,12 @@ def finalize(
         skips.log("finalize")
         skips.check(cfg.source.max_skipped_fraction)
         manifest = build_manifest(
-            recorded_config(cfg), tokenizer_entry(cfg, tok), tok.dtype, cfg.chunk_len, markers
+            recorded_config(cfg),
+            tokenizer_entry(cfg, tok),
+            tok.dtype,
+            cfg.chunk_len,
+            markers,
+            _quality_summary(cfg, out),
         )
         fingerprint = write_manifest(out, manifest)
     out.remove_stale_temporaries()

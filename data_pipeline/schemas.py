@@ -138,6 +138,73 @@ class SplitConfig:
             )
 
 
+FilterName = Literal["length", "gopher_quality", "gopher_repetition", "language"]
+ShingleKind = Literal["words", "chars"]
+
+
+@dataclass
+class FilterConfig:
+    """One quality filter of ``quality.filters``: its name and parameters over its defaults
+    (`data_pipeline.quality_filters.DEFAULTS` lists them)."""
+
+    name: FilterName
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        from data_pipeline.quality_filters import check_params
+
+        check_params(self.name, self.params)
+
+
+@dataclass
+class MinHashConfig:
+    """Near-duplicate removal by MinHash LSH (datasketch's MinHash): documents are shingled
+    (normalised words or characters, ``shingle_size`` long), signed with ``bands * rows``
+    permutations, and two documents that agree on every row of some band are candidates; with
+    ``verify`` a candidate is a duplicate only when its signatures agree on at least
+    ``threshold`` of the permutations (estimated Jaccard similarity)."""
+
+    enabled: bool = False
+    threshold: float = 0.8
+    shingle: ShingleKind = "words"
+    shingle_size: int = 5
+    bands: int = 16
+    rows: int = 8
+    seed: int = 1
+    verify: bool = True
+
+    def validate(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.shingle_size < 1 or self.bands < 1 or self.rows < 1:
+            raise ValueError("shingle_size, bands and rows must be >= 1")
+
+    @property
+    def num_perm(self) -> int:
+        return self.bands * self.rows
+
+
+@dataclass
+class QualityConfig:
+    """Corpus quality, decided over the whole corpus before the split, in this order: the
+    ``filters`` (first rejecting filter counts), then global exact dedup (normalised content
+    hash; the first copy in corpus order is kept, validation documents first), then MinHash
+    near-dedup. All off by default: recipes written before these keys existed are unchanged."""
+
+    filters: list[FilterConfig] = field(default_factory=list)
+    exact_dedup: bool = False
+    minhash: MinHashConfig = field(default_factory=MinHashConfig)
+
+    def validate(self) -> None:
+        names = [f.name for f in self.filters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"filters: each filter may appear once, got {names}")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.filters) or self.exact_dedup or self.minhash.enabled
+
+
 @dataclass
 class PrepareConfig:
     """`data-pipeline prepare`: configs/data/*.yaml. Everything here decides the output bytes;
@@ -153,6 +220,8 @@ class PrepareConfig:
     unit_bytes: int = 64 << 20  # large uncompressed files are cut into line-aligned ranges
     dedup: bool = False  # drop exact duplicate documents (content hash) within a work unit
     encode_batch_documents: int = 256
+    # Global filters and dedup (see QualityConfig): stages run before the units are prepared.
+    quality: QualityConfig = field(default_factory=QualityConfig)
     storage_options: dict[str, Any] = field(default_factory=dict)  # fsspec options for output
 
     def validate(self) -> None:

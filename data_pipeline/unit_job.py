@@ -6,6 +6,8 @@ names are rewritten with the same bytes)."""
 from __future__ import annotations
 
 import hashlib
+import json
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -48,10 +50,15 @@ def run_unit(
     report: Report | None = None,
     committer: Committer | None = None,
     on_committed: Callable[[], None] | None = None,
+    keep_rejected: str | None = None,
 ) -> dict[str, Any]:
     """Run one unit. Its shards and then its marker go through ``committer`` (on its thread,
     in order); ``on_committed`` is called there once the marker is in place. Without a
-    committer, one is made and waited for: the unit is committed when this returns."""
+    committer, one is made and waited for: the unit is committed when this returns.
+
+    With ``quality`` in the recipe, the documents the quality stages removed (filters, global
+    dedup: `data_pipeline.quality`) are dropped before the split and counted per stage; with
+    ``keep_rejected`` (a directory or URL) they are written there with their reason."""
     own = committer is None
     commits = Committer(out, cfg.shard_bytes) if committer is None else committer
     reader = UnitReader(unit, cfg.source)
@@ -80,6 +87,15 @@ def run_unit(
         tok.encodes_utf8,
     )
     blake2b = hashlib.blake2b
+    removals: dict[int, tuple[str, list[int] | None]] = {}
+    scanned = -1
+    if cfg.quality.enabled:
+        from data_pipeline.quality import load_removals
+
+        scanned, removals = load_removals(out, unit.index)
+    removed: Counter[str] = Counter()
+    removed_bytes: Counter[str] = Counter()
+    rejected: list[bytes] = []
 
     def flush(split: str) -> None:
         docs = batches[split]
@@ -95,7 +111,20 @@ def run_unit(
         batches[split], batch_bytes[split] = [], 0
 
     for doc in reader.documents():
+        index = documents_read
         documents_read += 1
+        if removals and index in removals:
+            reason, kept = removals[index]
+            stage = reason.split(":", 1)[0]
+            removed[stage] += 1
+            removed_bytes[stage] += doc.nbytes
+            if keep_rejected is not None:
+                entry = {"unit": unit.index, "document": index, "reason": reason}
+                entry.update({"kept": kept} if kept is not None else {})
+                rejected.append(
+                    json.dumps({**entry, "text": doc.text}, ensure_ascii=False).encode()
+                )
+            continue
         data = doc.utf8
         if dedup:
             digest = blake2b(data, digest_size=16).digest()
@@ -109,12 +138,19 @@ def run_unit(
         batch_bytes[split] += doc.nbytes
         if len(batch) >= max_docs or batch_bytes[split] >= BATCH_BYTES:
             flush(split)
+    if scanned >= 0 and documents_read != scanned:
+        # The removals name documents by index: they hold only for the text that was scanned.
+        raise RuntimeError(
+            f"{unit.source.path}: unit {unit.index} has {documents_read} documents, the quality "
+            f"scan read {scanned}: the input changed since; delete {cfg.output}/_quality and "
+            "rerun the stages"
+        )
     for split in streams:
         flush(split)
     dropped = {split: s.finish() for split, s in streams.items()}
     if report is not None:
         report(0, 0, reader.bytes_read)
-    marker = {
+    marker: dict[str, Any] = {
         "unit": unit.index,
         "config_hash": config_hash,
         "source": {
@@ -135,6 +171,11 @@ def run_unit(
             "tail_tokens_dropped": sum(dropped.values()),
         },
     }
+    if cfg.quality.enabled:  # only then: markers (and manifests) of other recipes stay as they were
+        marker["counters"]["removed"] = dict(sorted(removed.items()))
+        marker["counters"]["removed_bytes"] = dict(sorted(removed_bytes.items()))
+    if keep_rejected is not None and rejected:
+        Output(keep_rejected).commit(f"{unit.index:05d}.jsonl", b"\n".join(rejected) + b"\n")
     commits.submit(unit_marker_name(unit.index), lambda: json_bytes(marker), on_committed)
     if own:
         commits.wait()

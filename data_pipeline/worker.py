@@ -25,7 +25,13 @@ from data_pipeline.unit_job import run_unit
 REPORT_EVERY_S = 1.0
 
 
-def worker_main(conn: Connection, cfg: PrepareConfig, out: Output, config_hash: str) -> None:
+def worker_main(
+    conn: Connection,
+    cfg: PrepareConfig,
+    out: Output,
+    config_hash: str,
+    keep_rejected: str | None = None,
+) -> None:
     single_threaded_env()
     lock = threading.Lock()  # the committer's thread sends "done" on the same pipe
 
@@ -53,7 +59,7 @@ def worker_main(conn: Connection, cfg: PrepareConfig, out: Output, config_hash: 
             def done(index: int = unit.index) -> None:
                 send(("done", index))
 
-            run_unit(unit, cfg, tok, out, config_hash, report, committer, done)
+            run_unit(unit, cfg, tok, out, config_hash, report, committer, done, keep_rejected)
         committer.wait()
         send(("exit",))
     except BaseException as err:

@@ -1,0 +1,493 @@
+"""Corpus-wide quality stages, run before the units are prepared: filters, global exact dedup and
+MinHash near-dedup. Each stage scales like prepare (independent tasks, each resumable) and its
+result is a function of the corpus and the recipe only, never of worker or task counts:
+
+1. ``scan`` (per unit; unit i belongs to task i % num_tasks): read the unit's documents exactly
+   as prepare will (same reader, so document d of unit u is the same text), run the filters,
+   and record per document its verdict, normalised content hash, split side and MinHash
+   signature: ``_quality/scan/{unit:05d}.npz``.
+2. ``buckets`` (per LSH band; band b belongs to task b % num_tasks): group the documents that
+   agree on the band's rows; link each to the first earlier member (corpus order) whose
+   signature agrees on at least ``threshold`` of the permutations: ``_quality/buckets/{b}.npy``.
+3. ``clusters`` (one task): exact duplicates first (same normalised hash: the first copy is
+   kept), then union-find over the band links; each cluster keeps its first member. Writes
+   ``_quality/removals/{unit:05d}.json`` (document, reason, kept copy) for every unit and, last,
+   ``_quality/summary.json`` (counts and bytes per filter and stage, cluster sizes): the marker
+   that the stages are done.
+
+Corpus order is (validation first, unit, document), so a document present on both sides of the
+split survives in validation and its training copies go. Prepare then drops the removed
+documents of each unit before the split (`unit_job.run_unit`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import multiprocessing as mp
+import re
+import unicodedata
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from data_pipeline.progress import Progress
+from data_pipeline.quality_filters import FilterChain
+from data_pipeline.readers import UnitReader
+from data_pipeline.schemas import MinHashConfig, PrepareConfig
+from data_pipeline.storage import Output, json_bytes
+from data_pipeline.units import WorkUnit, plan_units
+
+logger = logging.getLogger(__name__)
+
+QUALITY_DIR = "_quality"
+SUMMARY = f"{QUALITY_DIR}/summary.json"
+RECIPE = f"{QUALITY_DIR}/recipe.json"
+MAX_LINKS = 8  # earlier bucket members a document is compared with (verify)
+SHINGLE_BATCH = 8192  # shingles hashed at a time: bounds memory on long documents
+
+_NOT_WORD = re.compile(r"[^\w\s]+")
+# For ASCII text: what _NOT_WORD matches (neither \w nor \s) becomes a space.
+_ASCII_NOT_WORD = {
+    c: " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_" or chr(c).isspace())
+}
+
+
+def scan_name(unit: int) -> str:
+    return f"{QUALITY_DIR}/scan/{unit:05d}.npz"
+
+
+def bucket_name(band: int) -> str:
+    return f"{QUALITY_DIR}/buckets/{band:04d}.npy"
+
+
+def removals_name(unit: int) -> str:
+    return f"{QUALITY_DIR}/removals/{unit:05d}.json"
+
+
+def normalise(text: str) -> str:
+    """What two copies of a document share after trivial edits: NFKC, case folded, punctuation
+    and symbols removed, whitespace runs made one space."""
+    if text.isascii():  # the same result, several times faster
+        return " ".join(text.lower().translate(_ASCII_NOT_WORD).split())
+    text = _NOT_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold())
+    return " ".join(text.split())
+
+
+def content_hash(normalised: str) -> bytes:
+    return hashlib.blake2b(normalised.encode("utf-8"), digest_size=16).digest()
+
+
+def shingles(normalised: str, kind: str, size: int) -> Iterator[bytes]:
+    """Word or character n-grams of the normalised text (a text shorter than one shingle is one
+    shingle; an empty one has none). What `Signer` hashes (it hashes word shingles from word
+    hashes without building these strings: same sets, other values)."""
+    if kind == "words":
+        words = normalised.split()
+        if 0 < len(words) <= size:
+            yield " ".join(words).encode("utf-8")
+            return
+        for i in range(len(words) - size + 1):
+            yield " ".join(words[i : i + size]).encode("utf-8")
+    else:
+        if 0 < len(normalised) <= size:
+            yield normalised.encode("utf-8")
+            return
+        for i in range(len(normalised) - size + 1):
+            yield normalised[i : i + size].encode("utf-8")
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _identity(value: int) -> int:
+    return value
+
+
+class Signer:
+    """MinHash signatures by datasketch (affine32 scheme: uint32 values). Word shingles are
+    hashed without building their strings: each word's blake2b is looked up once per process,
+    and an n-gram's 32-bit value is its words' values mixed with numpy; datasketch gets those
+    values with an identity hash function (it pre-mixes inputs with MurmurHash3's finaliser,
+    as its documentation asks for structured values). Character shingles go through
+    datasketch's default SHA-1 of each shingle.
+
+    Word values are CRC-32s (zlib, called from C over the word list: no Python per word);
+    datasketch's pre-mixing and the 64-bit n-gram mixing make up for CRC's linearity, and two
+    words sharing a CRC (about one pair in a 100k-word vocabulary) only merge two shingles."""
+
+    def __init__(self, cfg: MinHashConfig) -> None:
+        from datasketch import MinHash
+
+        self.cfg = cfg
+        words = cfg.shingle == "words"
+        self.minhash = MinHash(
+            num_perm=cfg.num_perm,
+            seed=cfg.seed,
+            scheme="affine32",
+            hashfunc=_identity if words else None,
+        )
+
+    def _word_shingles(self, normalised: str) -> np.ndarray:
+        words = normalised.split(" ") if normalised else []  # `normalise` left single spaces
+        values = np.fromiter(map(zlib.crc32, map(str.encode, words)), np.uint64, len(words))
+        n = min(self.cfg.shingle_size, len(values))
+        keys = np.zeros(len(values) - n + 1 if n else 0, dtype=np.uint64)
+        for k in range(n):
+            keys = keys * _MIX + values[k : len(values) - n + 1 + k]
+        keys = np.unique(keys ^ (keys >> np.uint64(32)))  # a set: repeats change no minimum
+        return (keys & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+
+    def sign(self, normalised: str) -> np.ndarray | None:
+        m = self.minhash
+        m.clear()
+        if self.cfg.shingle == "words":
+            keys = self._word_shingles(normalised)
+            if len(keys) == 0:
+                return None
+            for lo in range(0, len(keys), SHINGLE_BATCH):
+                m.update_batch(keys[lo : lo + SHINGLE_BATCH].tolist())
+            return np.asarray(m.hashvalues, dtype=np.uint32).copy()
+        batch: list[bytes] = []
+        any_shingle = False
+        for shingle in shingles(normalised, self.cfg.shingle, self.cfg.shingle_size):
+            batch.append(shingle)
+            if len(batch) >= SHINGLE_BATCH:
+                m.update_batch(batch)
+                batch, any_shingle = [], True
+        if batch:
+            m.update_batch(batch)
+            any_shingle = True
+        return np.asarray(m.hashvalues, dtype=np.uint32).copy() if any_shingle else None
+
+
+def quality_hash(cfg: PrepareConfig) -> str:
+    from data_pipeline.prepare import recipe
+
+    return hashlib.sha256(json_bytes({"config": recipe(cfg)})).hexdigest()
+
+
+def check_quality_output(out: Output, cfg: PrepareConfig) -> None:
+    """Refuse stage files of another recipe (as prepare refuses another recipe's markers)."""
+    if out.exists(RECIPE) and out.read_json(RECIPE).get("hash") != quality_hash(cfg):
+        from data_pipeline.prepare import OutputConflictError
+
+        raise OutputConflictError(
+            f"{out.url}: {RECIPE} comes from a different config; choose another output or delete it"
+        )
+
+
+# -- stage 1: scan ------------------------------------------------------------------------
+_CHAINS: dict[str, FilterChain] = {}  # per process: the language model loads once
+
+
+def _chain(cfg: PrepareConfig) -> FilterChain:
+    specs = [(f.name, f.params) for f in cfg.quality.filters]
+    key = repr(specs)
+    if key not in _CHAINS:
+        _CHAINS[key] = FilterChain(specs)
+    return _CHAINS[key]
+
+
+def scan_unit(unit: WorkUnit, cfg: PrepareConfig) -> dict[str, np.ndarray]:
+    """Per document of ``unit``: verdict, normalised hash, bytes, validation side, signature."""
+    from data_pipeline.unit_job import _hash_splitter
+
+    chain = _chain(cfg)
+    q = cfg.quality
+    signer = Signer(q.minhash) if q.minhash.enabled else None
+    is_validation = _hash_splitter(cfg.split.salt.encode("utf-8"), cfg.split.validation_fraction)
+    rejected: list[str] = []
+    hashes: list[bytes] = []
+    nbytes: list[int] = []
+    validation: list[bool] = []
+    sigs: list[np.ndarray] = []
+    signed: list[bool] = []
+    empty = np.full(q.minhash.num_perm if signer else 0, 0xFFFFFFFF, dtype=np.uint32)
+    for doc in UnitReader(unit, cfg.source).documents():
+        text = doc.text
+        verdict = chain.reject(text)
+        rejected.append("" if verdict is None else f"{chain.names[verdict[0]]}:{verdict[1]}")
+        nbytes.append(doc.nbytes)
+        if unit.split is not None:
+            validation.append(unit.split == "validation")
+        else:
+            validation.append(is_validation(doc.utf8))
+        if verdict is not None:
+            hashes.append(bytes(16))
+            signed.append(False)
+            if signer is not None:
+                sigs.append(empty)
+            continue
+        norm = normalise(text)
+        hashes.append(content_hash(norm))
+        sig = signer.sign(norm) if signer is not None else None
+        signed.append(sig is not None)
+        if signer is not None:
+            sigs.append(empty if sig is None else sig)
+    n = len(nbytes)
+    return {
+        "rejected": np.array(rejected, dtype=str) if n else np.zeros(0, dtype="<U1"),
+        "hash": np.frombuffer(b"".join(hashes), dtype=np.uint8).reshape(n, 16),
+        "nbytes": np.array(nbytes, dtype=np.int64),
+        "validation": np.array(validation, dtype=bool),
+        "signed": np.array(signed, dtype=bool),
+        "signature": np.stack(sigs) if sigs else np.zeros((n, len(empty)), dtype=np.uint32),
+    }
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
+    return buf.getvalue()
+
+
+def _read_npz(out: Output, name: str) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(out.read_bytes(name)), allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def _scan_job(unit: WorkUnit, cfg: PrepareConfig, out: Output) -> tuple[int, int]:
+    arrays = scan_unit(unit, cfg)
+    out.commit(scan_name(unit.index), _npz_bytes(arrays))
+    return len(arrays["nbytes"]), int(arrays["nbytes"].sum())
+
+
+def scan(cfg: PrepareConfig, *, workers: int = 1, num_tasks: int = 1, task_index: int = 0) -> int:
+    """Scan this task's units that have no scan file yet; returns how many were scanned."""
+    out = Output(cfg.output, cfg.storage_options)
+    check_quality_output(out, cfg)
+    if not out.exists(RECIPE):
+        out.commit(RECIPE, json_bytes({"hash": quality_hash(cfg)}))
+    units = [u for u in plan_units(cfg) if u.index % num_tasks == task_index]
+    done = set(out.list(f"{QUALITY_DIR}/scan"))
+    todo = [u for u in units if scan_name(u.index) not in done]
+    logger.info(
+        "[quality scan] this task %d units, already scanned %d, to scan %d with %d worker(s)",
+        len(units),
+        len(units) - len(todo),
+        len(todo),
+        workers,
+    )
+    progress = Progress("quality scan", len(todo))
+    if workers > 1 and len(todo) > 1:
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx) as pool:
+            futures = [pool.submit(_scan_job, u, cfg, out) for u in todo]
+            for future in futures:
+                docs, size = future.result()
+                progress.add(documents=docs, bytes_in=size, units=1)
+    else:
+        for u in todo:
+            docs, size = _scan_job(u, cfg, out)
+            progress.add(documents=docs, bytes_in=size, units=1)
+    return len(todo)
+
+
+# -- stage 2: buckets ---------------------------------------------------------------------
+def _all_scans(out: Output, units: list[WorkUnit]) -> list[dict[str, np.ndarray]]:
+    missing = [u.index for u in units if not out.exists(scan_name(u.index))]
+    if missing:
+        raise RuntimeError(
+            f"{out.url}: {len(missing)} of {len(units)} units are not scanned yet (first: "
+            f"{missing[:5]}); run every `data-pipeline quality --stage scan` task first"
+        )
+    return [_read_npz(out, scan_name(u.index)) for u in units]
+
+
+def _order(scans: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """Rank of each document (global id) in corpus order: validation first, then (unit, doc)."""
+    validation = np.concatenate([s["validation"] for s in scans])
+    ids = np.arange(len(validation))
+    order = np.lexsort((ids, ~validation))  # False (validation) sorts first
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank
+
+
+def band_links(
+    signatures: np.ndarray, signed: np.ndarray, rank: np.ndarray, band: int, cfg: MinHashConfig
+) -> np.ndarray:
+    """Links (earlier, later) of one band: documents agreeing on its rows, each later one linked
+    to the first earlier member (corpus order) it is similar enough to (with ``verify``)."""
+    ids = np.flatnonzero(signed)
+    if len(ids) < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    rows = np.ascontiguousarray(signatures[ids, band * cfg.rows : (band + 1) * cfg.rows])
+    keys = rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel()
+    _, bucket = np.unique(keys, return_inverse=True)
+    order = np.lexsort((rank[ids], bucket))  # by bucket, then corpus order
+    sorted_bucket = bucket[order]
+    starts = np.flatnonzero(np.r_[True, sorted_bucket[1:] != sorted_bucket[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    links: list[tuple[int, int]] = []
+    need = int(np.ceil(cfg.threshold * cfg.num_perm - 1e-9))
+    for lo, hi in zip(starts, ends, strict=True):
+        if hi - lo < 2:
+            continue
+        members = ids[order[lo:hi]]
+        for j in range(1, len(members)):
+            later = members[j]
+            if not cfg.verify:
+                links.append((int(members[0]), int(later)))
+                continue
+            for earlier in members[: min(j, MAX_LINKS)]:
+                agree = int(np.count_nonzero(signatures[earlier] == signatures[later]))
+                if agree >= need:
+                    links.append((int(earlier), int(later)))
+                    break
+    return np.array(links, dtype=np.int64).reshape(-1, 2)
+
+
+def buckets(cfg: PrepareConfig, *, num_tasks: int = 1, task_index: int = 0) -> int:
+    """Link candidate pairs of this task's bands that have no file yet; returns bands done."""
+    mh = cfg.quality.minhash
+    if not mh.enabled:
+        return 0
+    out = Output(cfg.output, cfg.storage_options)
+    check_quality_output(out, cfg)
+    bands = [b for b in range(mh.bands) if b % num_tasks == task_index]
+    done = set(out.list(f"{QUALITY_DIR}/buckets"))
+    todo = [b for b in bands if bucket_name(b) not in done]
+    logger.info("[quality buckets] this task %d bands, to link %d", len(bands), len(todo))
+    if not todo:
+        return 0
+    scans = _all_scans(out, plan_units(cfg))
+    signatures = np.concatenate([s["signature"] for s in scans])
+    signed = np.concatenate([s["signed"] for s in scans])
+    rank = _order(scans)
+    for b in todo:
+        links = band_links(signatures, signed, rank, b, mh)
+        buf = io.BytesIO()
+        np.save(buf, links)
+        out.commit(bucket_name(b), buf.getvalue())
+    return len(todo)
+
+
+# -- stage 3: clusters --------------------------------------------------------------------
+def clusters(cfg: PrepareConfig) -> dict[str, Any]:
+    """Decide every removal; write the per-unit removal lists, then the summary (last)."""
+    out = Output(cfg.output, cfg.storage_options)
+    check_quality_output(out, cfg)
+    if out.exists(SUMMARY):
+        summary: dict[str, Any] = out.read_json(SUMMARY)
+        return summary
+    q = cfg.quality
+    units = plan_units(cfg)
+    scans = _all_scans(out, units)
+    counts = [len(s["nbytes"]) for s in scans]
+    offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
+    unit_of = np.repeat(np.arange(len(units)), counts)
+    nbytes = np.concatenate([s["nbytes"] for s in scans]) if scans else np.zeros(0, np.int64)
+    rejected = np.concatenate([s["rejected"].astype(str) for s in scans])
+    total = len(nbytes)
+    rank = _order(scans)
+    reason = np.array([r.split(":", 1)[0] for r in rejected], dtype=object)
+    reason[rejected == ""] = ""
+    keeper = np.full(total, -1, dtype=np.int64)
+    alive = rejected == ""
+    if q.exact_dedup and total:
+        hashes = np.concatenate([s["hash"] for s in scans]).view(np.dtype((np.void, 16))).ravel()
+        ids = np.flatnonzero(alive)
+        order = ids[np.lexsort((rank[ids], hashes[ids]))]
+        same = np.r_[False, hashes[order[1:]] == hashes[order[:-1]]]
+        # The first copy of each run of equal hashes is its keeper.
+        run_start = np.maximum.accumulate(np.where(same, 0, np.arange(len(order))))
+        dup = order[same]
+        reason[dup] = "exact_duplicate"
+        keeper[dup] = order[run_start][same]
+        alive[dup] = False
+    sizes: Counter[int] = Counter()
+    if q.minhash.enabled and total:
+        missing = [b for b in range(q.minhash.bands) if not out.exists(bucket_name(b))]
+        if missing:
+            raise RuntimeError(
+                f"{out.url}: {len(missing)} of {q.minhash.bands} LSH bands are not linked yet "
+                f"(first: {missing[:5]}); run every `data-pipeline quality --stage buckets` task"
+            )
+        links = [
+            np.load(io.BytesIO(out.read_bytes(bucket_name(b))), allow_pickle=False)
+            for b in range(q.minhash.bands)
+        ]
+        edges = np.concatenate(links) if links else np.zeros((0, 2), dtype=np.int64)
+        # Union-find over the links of every band: connected components of the link graph.
+        graph = coo_matrix(
+            (np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(total, total)
+        )
+        _, label = connected_components(graph, directed=False)
+        # Each cluster keeps its first member (corpus order) that survived filters and exact
+        # dedup; its other survivors are near duplicates.
+        ids = np.flatnonzero(alive)
+        ids = ids[np.lexsort((rank[ids], label[ids]))]
+        first = np.r_[True, label[ids[1:]] != label[ids[:-1]]]
+        run_start = np.maximum.accumulate(np.where(first, np.arange(len(ids)), 0))
+        dup = ids[~first]
+        reason[dup] = "near_duplicate"
+        keeper[dup] = ids[run_start][~first]
+        alive[dup] = False
+        sizes.update(Counter(Counter(label[ids].tolist()).values()))
+        del sizes[1]
+    removed: Counter[str] = Counter()
+    removed_bytes: Counter[str] = Counter()
+    heuristics: Counter[str] = Counter()
+    for u, unit in enumerate(units):
+        lo, hi = int(offsets[u]), int(offsets[u + 1])
+        entries = []
+        for i in range(lo, hi):
+            if reason[i]:
+                kept = int(keeper[i])
+                kept_at = (
+                    [int(unit_of[kept]), kept - int(offsets[unit_of[kept]])] if kept >= 0 else None
+                )
+                entries.append([i - lo, rejected[i] or reason[i], kept_at])
+                removed[reason[i]] += 1
+                removed_bytes[reason[i]] += int(nbytes[i])
+                if rejected[i]:
+                    heuristics[rejected[i]] += 1
+        removals = {"unit": unit.index, "documents": hi - lo, "removed": entries}
+        out.commit(removals_name(unit.index), json_bytes(removals))
+    summary = {
+        "hash": quality_hash(cfg),
+        "documents": total,
+        "bytes": int(nbytes.sum()),
+        "removed": dict(sorted(removed.items())),
+        "removed_bytes": dict(sorted(removed_bytes.items())),
+        "filter_heuristics": dict(sorted(heuristics.items())),
+        "near_duplicate_clusters": sum(sizes.values()),
+        "cluster_sizes": {str(k): v for k, v in sorted(sizes.items())},
+    }
+    out.commit(SUMMARY, json_bytes(summary))
+    logger.info("[quality clusters] %s", describe(summary))
+    return summary
+
+
+def describe(summary: dict[str, Any]) -> str:
+    parts = [
+        f"{name} {summary['removed'][name]:,} ({summary['removed_bytes'][name]:,} B)"
+        for name in summary["removed"]
+    ]
+    return (
+        f"removed {', '.join(parts) or 'nothing'} of {summary['documents']:,} documents; "
+        f"{summary['near_duplicate_clusters']:,} near-duplicate clusters"
+    )
+
+
+def run_stages(cfg: PrepareConfig, *, workers: int = 1) -> dict[str, Any]:
+    """Every stage in one process (a single-task prepare): scan, buckets, clusters."""
+    scan(cfg, workers=workers)
+    buckets(cfg)
+    return clusters(cfg)
+
+
+def load_removals(out: Output, unit: int) -> tuple[int, dict[int, tuple[str, list[int] | None]]]:
+    """(documents the scan read in ``unit``, document index -> (reason, [unit, document] of
+    the copy kept))."""
+    data = out.read_json(removals_name(unit))
+    return int(data["documents"]), {int(d): (str(r), k) for d, r, k in data["removed"]}

@@ -1,0 +1,315 @@
+"""Document quality filters: an ordered list in the recipe (``quality.filters``), each a name and
+its parameters. A filter looks at one document's text and returns None (keep) or the heuristic
+that rejected it (``"mean_word_length"``); the first filter that rejects a document is the one
+it is counted against.
+
+Why not datatrove's filters: its Gopher filters split words with NLTK's punkt tokenizer, whose
+model NLTK downloads at run time (and datatrove brings huggingface-hub, loguru and multiprocess
+with it). These follow the Gopher paper (Rae et al. 2021, appendix A) and datatrove's
+`GopherQualityFilter` / `GopherRepetitionFilter` thresholds, with whitespace words. Language
+identification uses py3langid, which ships its model in the wheel (numpy only, no download).
+Every filter is a pure function of the text, so verdicts agree on every machine and rerun.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from itertools import count, repeat
+from typing import Any
+
+import numpy as np
+
+Verdict = str | None  # None: keep; otherwise the heuristic that rejected the document
+Filter = Callable[[str], Verdict]
+
+# Defaults follow datatrove's Gopher filters (which follow the Gopher paper).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "length": {"min_bytes": 0, "max_bytes": -1, "min_words": 0, "max_words": -1},
+    "gopher_quality": {
+        "min_words": 50,
+        "max_words": 100_000,
+        "min_mean_word_length": 3.0,
+        "max_mean_word_length": 10.0,
+        "max_symbol_word_ratio": 0.1,  # "#" and "..." per word
+        "max_bullet_lines_ratio": 0.9,
+        "max_ellipsis_lines_ratio": 0.3,
+        "max_non_alpha_words_ratio": 0.8,  # at least this share of words has a letter
+        "min_stop_words": 2,
+    },
+    "gopher_repetition": {
+        "dup_line_frac": 0.3,
+        "dup_para_frac": 0.3,
+        "dup_line_char_frac": 0.2,
+        "dup_para_char_frac": 0.2,
+        "top_2gram_frac": 0.2,
+        "top_3gram_frac": 0.18,
+        "top_4gram_frac": 0.16,
+        "dup_5gram_frac": 0.15,
+        "dup_6gram_frac": 0.14,
+        "dup_7gram_frac": 0.13,
+        "dup_8gram_frac": 0.12,
+        "dup_9gram_frac": 0.11,
+        "dup_10gram_frac": 0.10,
+    },
+    "language": {"languages": ["en"], "min_score": 0.65, "max_chars": 10_000},
+}
+
+STOP_WORDS = frozenset(["the", "be", "to", "of", "and", "that", "have", "with"])  # Gopher's
+# Bullets: "•", "●", "○", "■", "□", "▪", "▫", en dash, hyphen, "*", "·", "‣", hyphen bullet, "◦".
+BULLETS = tuple("\u2022\u25cf\u25cb\u25a0\u25a1\u25aa\u25ab\u2013-*\u00b7\u2023\u2043\u25e6")
+ELLIPSES = ("...", "…")
+_PUNCT = (
+    string.punctuation + "\u2026\u201c\u201d\u2018\u2019\u00ab\u00bb\u2013\u2014"
+)  # ellipsis, curly quotes, guillemets, dashes
+_PARAGRAPH = re.compile(r"\n{2,}")
+_LINE = re.compile(r"\n+")
+# A whitespace-separated word with a letter; linear (a lookahead from each word start only).
+_ALPHA_WORD = re.compile(r"(?<!\S)(?=\S*?[^\W\d_])\S+")
+
+
+def check_params(name: str, params: Mapping[str, Any]) -> None:
+    """Raise ValueError naming an unknown filter, an unknown parameter or a wrong type."""
+    if name not in DEFAULTS:
+        raise ValueError(f"unknown filter {name!r}; known: {', '.join(sorted(DEFAULTS))}")
+    known = DEFAULTS[name]
+    for key, value in params.items():
+        if key not in known:
+            raise ValueError(
+                f"filter {name!r} has no parameter {key!r}; it has: {', '.join(sorted(known))}"
+            )
+        default = known[key]
+        if isinstance(default, list):
+            ok = bool(value) and isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        if not ok:
+            raise ValueError(f"filter {name!r}: {key} must be like {default!r}, got {value!r}")
+
+
+def build_filter(name: str, params: Mapping[str, Any]) -> Filter:
+    """The filter ``name`` with ``params`` over its defaults."""
+    check_params(name, params)
+    p = {**DEFAULTS[name], **params}
+    if name == "length":
+        return _length(p)
+    if name == "gopher_quality":
+        return _gopher_quality(p)
+    if name == "gopher_repetition":
+        return _gopher_repetition(p)
+    return _language(p)
+
+
+class FilterChain:
+    """The recipe's filters in order; `reject` gives (index, name, heuristic) of the first that
+    rejects a document, or None."""
+
+    def __init__(self, specs: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        self.names = [name for name, _ in specs]
+        self.filters = [build_filter(name, params) for name, params in specs]
+
+    def reject(self, text: str) -> tuple[int, str] | None:
+        for index, check in enumerate(self.filters):
+            verdict = check(text)
+            if verdict is not None:
+                return index, verdict
+        return None
+
+
+# -- filters ------------------------------------------------------------------------------
+def _length(p: dict[str, Any]) -> Filter:
+    min_bytes, max_bytes, min_words, max_words = (
+        p["min_bytes"],
+        p["max_bytes"],
+        p["min_words"],
+        p["max_words"],
+    )
+    count_words = min_words > 0 or max_words >= 0
+
+    def check(text: str) -> Verdict:
+        if min_bytes or max_bytes >= 0:
+            n = len(text.encode("utf-8"))
+            if n < min_bytes:
+                return "min_bytes"
+            if 0 <= max_bytes < n:
+                return "max_bytes"
+        if count_words:
+            words = len(text.split())
+            if words < min_words:
+                return "min_words"
+            if 0 <= max_words < words:
+                return "max_words"
+        return None
+
+    return check
+
+
+def _gopher_quality(p: dict[str, Any]) -> Filter:
+    # Per-word work through C-level map/regex calls: this runs over every word of the corpus.
+    def check(text: str) -> Verdict:
+        words = text.split()
+        n = len(words)
+        if n < p["min_words"]:
+            return "min_words"
+        if n > p["max_words"]:
+            return "max_words"
+        stripped = list(map(str.strip, words, repeat(_PUNCT)))
+        content = n - stripped.count("")  # punctuation-only tokens are no words
+        mean = sum(map(len, stripped)) / content if content else 0.0
+        if mean < p["min_mean_word_length"]:
+            return "min_mean_word_length"
+        if mean > p["max_mean_word_length"]:
+            return "max_mean_word_length"
+        symbols = text.count("#") + text.count("...") + text.count("\u2026")
+        if symbols / n > p["max_symbol_word_ratio"]:
+            return "symbol_word_ratio"
+        lines = text.splitlines()
+        if lines:
+            bullets = sum(1 for line in lines if line.lstrip().startswith(BULLETS))
+            if bullets / len(lines) > p["max_bullet_lines_ratio"]:
+                return "bullet_lines_ratio"
+            ellipses = sum(1 for line in lines if line.rstrip().endswith(ELLIPSES))
+            if ellipses / len(lines) > p["max_ellipsis_lines_ratio"]:
+                return "ellipsis_lines_ratio"
+        alpha = len(_ALPHA_WORD.findall(text))  # whitespace-separated words with a letter
+        if alpha / n < p["max_non_alpha_words_ratio"]:
+            return "non_alpha_words_ratio"
+        if sum(map(STOP_WORDS.__contains__, map(str.lower, stripped))) < p["min_stop_words"]:
+            return "stop_words"
+        return None
+
+    return check
+
+
+def _duplicates(items: list[str]) -> tuple[int, int]:
+    """(items that repeat an earlier one, their characters)."""
+    seen: set[str] = set()
+    count = chars = 0
+    for item in items:
+        if item in seen:
+            count += 1
+            chars += len(item)
+        else:
+            seen.add(item)
+    return count, chars
+
+
+def word_ids(words: list[str]) -> np.ndarray:
+    """Each word's index among the distinct words of ``words`` (first seen first)."""
+    table: defaultdict[str, int] = defaultdict(count().__next__)
+    return np.fromiter(map(table.__getitem__, words), dtype=np.int64, count=len(words))
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def ngram_keys(ids: np.ndarray, n: int) -> np.ndarray:
+    """A key per n-gram of ``ids`` (position i: words i..i+n-1), equal for equal n-grams: the
+    ids mixed into 64 bits (a collision merely overcounts a repeat, with odds ~ 2^-64 each)."""
+    keys = np.zeros(len(ids) - n + 1, dtype=np.uint64)
+    for k in range(n):
+        keys = keys * _MIX + ids[k : len(ids) - n + 1 + k].astype(np.uint64)
+    return keys
+
+
+def _repeated_ngram_chars(words: list[str], keys: np.ndarray, ends: np.ndarray, n: int) -> int:
+    """Characters in repeated n-grams counted as the Gopher paper does: scanning left to
+    right, an n-gram seen before counts its characters and the scan continues after it."""
+    seen: set[int] = set()
+    repeated = i = 0
+    last = len(keys) - 1
+    values = keys.tolist()
+    while i <= last:
+        key = values[i]
+        if key in seen:
+            repeated += int(ends[i + n] - ends[i])
+            i += n
+        else:
+            seen.add(key)
+            i += 1
+    return repeated
+
+
+def _gopher_repetition(p: dict[str, Any]) -> Filter:
+    top = [(n, p[f"top_{n}gram_frac"]) for n in (2, 3, 4)]
+    dup = [(n, p[f"dup_{n}gram_frac"]) for n in range(5, 11)]
+
+    def check(text: str) -> Verdict:
+        size = len(text)
+        if size == 0:
+            return None
+        paragraphs = _PARAGRAPH.split(text.strip())
+        dups, chars = _duplicates(paragraphs)
+        if dups / len(paragraphs) > p["dup_para_frac"]:
+            return "dup_para_frac"
+        if chars / size > p["dup_para_char_frac"]:
+            return "dup_para_char_frac"
+        lines = _LINE.split(text)
+        dups, chars = _duplicates(lines)
+        if dups / len(lines) > p["dup_line_frac"]:
+            return "dup_line_frac"
+        if chars / size > p["dup_line_char_frac"]:
+            return "dup_line_char_frac"
+        words = text.split()
+        ids = word_ids(words)
+        lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+        ends = np.concatenate([[0], np.cumsum(lengths)])  # characters before word i: ends[i]
+        most = len(words)  # occurrences of the most frequent (n-1)-gram: bounds the n-gram's
+        for n, frac in top:
+            if len(words) < n:
+                continue
+            longest = int((ends[n:] - ends[:-n]).max())
+            if most * longest / size <= frac:
+                continue  # cannot fail: skip counting (usual for prose)
+            keys = ngram_keys(ids, n)
+            _, first, times = np.unique(keys, return_index=True, return_counts=True)
+            best = int(np.argmax(times))
+            most = int(times[best])
+            if most > 1:
+                i = int(first[best])
+                if int(ends[i + n] - ends[i]) * most / size > frac:
+                    return f"top_{n}gram_frac"
+        for n, frac in dup:
+            if len(words) < n:
+                continue
+            keys = ngram_keys(ids, n)
+            _, first = np.unique(keys, return_index=True)
+            if len(first) == len(keys):
+                break  # no n-gram repeats, so no longer one does either
+            # Every position whose n-gram occurred earlier, overlapping ones included, bounds
+            # the paper's count from above; only when that bound fails is the exact scan run.
+            later = np.ones(len(keys), dtype=bool)
+            later[first] = False
+            starts = np.flatnonzero(later)
+            if int((ends[starts + n] - ends[starts]).sum()) / size <= frac:
+                continue
+            if _repeated_ngram_chars(words, keys, ends, n) / size > frac:
+                return f"dup_{n}gram_frac"
+        return None
+
+    return check
+
+
+def _language(p: dict[str, Any]) -> Filter:
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+    identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    wanted = set(p["languages"])
+    unknown = wanted - set(identifier.labels)
+    if unknown:
+        raise ValueError(f"filter 'language': unknown language code(s) {sorted(unknown)}")
+    min_score, max_chars = p["min_score"], p["max_chars"]
+
+    def check(text: str) -> Verdict:
+        lang, score = identifier.classify(text[:max_chars])
+        if lang not in wanted:
+            return f"language_{lang}"
+        if score < min_score:
+            return "language_score"
+        return None
+
+    return check

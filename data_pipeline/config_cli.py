@@ -27,6 +27,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         if (
             action.option_strings
             and not any(default is unset for unset in (None, False, argparse.SUPPRESS))
+            and default != []  # an option that appends starts empty: nothing to show
             and "%(default)" not in text
         ):
             text += " (default: %(default)s)"

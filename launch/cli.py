@@ -14,7 +14,7 @@ from data_pipeline.configuration import ConfigError, load_config
 from data_pipeline.console import add_console_arguments, setup_console, verbosity
 from launch import preflight
 from launch.backends import render
-from launch.config import ClusterConfig
+from launch.config import ClusterConfig, add_cluster_set_argument
 from launch.script import Job
 from launch.supervise import supervise
 
@@ -69,14 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "experiment, cluster keys (nnodes=2, env.NCCL_DEBUG=INFO) to the profile; without an "
         "experiment, the profile is only validated",
     )
-    parser.add_argument(
-        "-c",
-        "--cluster-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a cluster profile key (e.g. -c partition=gpu -c env.NCCL_DEBUG=INFO)",
-    )
+    add_cluster_set_argument(parser, example="-c partition=gpu -c env.NCCL_DEBUG=INFO")
     parser.add_argument("--dry-run", action="store_true", help="print the script; run nothing")
     parser.add_argument("--no-preflight", action="store_true", help="skip the preflight checks")
     parser.add_argument("--script", metavar="PATH", help="where to write the script")

@@ -7,6 +7,7 @@ dotted overrides of this schema, so they are type-checked exactly like the file.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -76,3 +77,15 @@ class ClusterConfig:
                 f"nproc_per_node ({self.nproc_per_node}) exceeds gpus_per_node "
                 f"({self.gpus_per_node}): one process per GPU"
             )
+
+
+def add_cluster_set_argument(parser: argparse.ArgumentParser, *, example: str) -> None:
+    """``-c KEY=VALUE`` (repeatable): any cluster profile key, from the command line."""
+    parser.add_argument(
+        "-c",
+        "--cluster-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a cluster profile key (e.g. {example})",
+    )

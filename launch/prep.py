@@ -31,7 +31,8 @@ from data_pipeline.config_cli import HelpFormatter
 from data_pipeline.configuration import ConfigError, load_config
 from data_pipeline.console import add_console_arguments, setup_console, verbosity
 from data_pipeline.schemas import PrepareConfig
-from launch.config import ClusterConfig
+from launch.backends.slurm import placement_options
+from launch.config import ClusterConfig, add_cluster_set_argument
 
 logger = logging.getLogger(__name__)
 
@@ -111,12 +112,7 @@ def render(
     ]
     if step.array:
         options.append(f"--array=0-{step.tasks - 1}%{max_concurrent}")
-    if cluster.partition:
-        options.append(f"--partition={cluster.partition}")
-    if cluster.account:
-        options.append(f"--account={cluster.account}")
-    if cluster.mem is not None:
-        options.append(f"--mem={cluster.mem}")
+    options += placement_options(cluster)
     options += cluster.sbatch_extra
     what = f"array of {step.tasks} tasks" if step.array else "one job"
     lines = [
@@ -160,14 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-concurrent", type=int, default=8, help="array tasks running at once (%%K)"
     )
     parser.add_argument("--from", dest="first", choices=STEPS, help="submit from this step on")
-    parser.add_argument(
-        "-c",
-        "--cluster-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a cluster profile key (e.g. -c partition=cpu)",
-    )
+    add_cluster_set_argument(parser, example="-c partition=cpu")
     parser.add_argument("--dry-run", action="store_true", help="print the scripts; submit none")
     return parser
 

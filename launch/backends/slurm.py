@@ -11,6 +11,7 @@ Logs open in append mode, so a requeued job's output continues in the same file.
 from __future__ import annotations
 
 from launch.backends.deepspeed import deepspeed_args
+from launch.config import ClusterConfig
 from launch.script import Job, continued, header, quote, render_text, signal_env, torchrun_args
 
 REQUEUE_EXIT_CODE = 75  # pretrain.train.preemption.PREEMPTED_EXIT_CODE; no torch import here
@@ -31,12 +32,7 @@ def directives(job: Job) -> list[str]:
     ]
     if c.gpus_per_node:
         options.append(f"--gpus-per-node={c.gpus_per_node}")
-    if c.partition:
-        options.append(f"--partition={c.partition}")
-    if c.account:
-        options.append(f"--account={c.account}")
-    if c.mem is not None:
-        options.append(f"--mem={c.mem}")
+    options += placement_options(c)
     options.append("--requeue" if c.requeue else "--no-requeue")
     options += c.sbatch_extra
     return [f"#SBATCH {option}" for option in options]
@@ -107,3 +103,15 @@ def render(job: Job) -> str:
         ]
     lines.append('exit "$status"')
     return render_text(lines)
+
+
+def placement_options(c: ClusterConfig) -> list[str]:
+    """Where a job may run and what it may hold: the profile's partition, account and memory."""
+    options = []
+    if c.partition:
+        options.append(f"--partition={c.partition}")
+    if c.account:
+        options.append(f"--account={c.account}")
+    if c.mem is not None:
+        options.append(f"--mem={c.mem}")
+    return options

@@ -4,8 +4,6 @@ depends on it; the manifest and shards must be those of a local one-process run.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import subprocess
 import sys
@@ -22,9 +20,7 @@ from tests.data_pipeline.test_prepare import shard_bytes
 from tests.data_pipeline.test_quality import dup_corpus, quality_recipe
 from tests.launch.slurm_cluster import (
     SlurmCluster,
-    SlurmStartError,
-    missing_programs,
-    slurm_cluster,
+    cluster_or_skip,
 )
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -36,20 +32,7 @@ DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"}
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    missing = missing_programs()
-    if missing:
-        pytest.skip(
-            f"SLURM programs not installed: {', '.join(missing)} "
-            "(apt-get install slurm-wlm munge; .ci/run installs them)"
-        )
-    if os.geteuid() != 0:
-        pytest.skip("the test SLURM cluster runs slurmd as root (SlurmUser=root); not root here")
-    with contextlib.ExitStack() as stack:
-        try:
-            running = stack.enter_context(slurm_cluster(tmp_path_factory.mktemp("slurm")))
-        except SlurmStartError as err:
-            pytest.skip(f"could not start a local SLURM cluster: {err}")
-        yield running
+    yield from cluster_or_skip(tmp_path_factory.mktemp("slurm"))
 
 
 def prep(cluster: SlurmCluster, recipe: Path, tmp_path: Path, *extra: str) -> str:

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 PROGRAMS = (
     *("munged", "mungekey", "slurmctld", "slurmd"),
     *("sbatch", "srun", "scontrol", "sinfo", "scancel"),
@@ -214,3 +216,23 @@ def _tails(cluster: SlurmCluster) -> str:
         if path.exists():
             parts.append(f"--- {name} ---\n" + path.read_text(errors="replace")[-3000:])
     return "\n".join(parts)
+
+
+def cluster_or_skip(root: Path) -> Iterator[SlurmCluster]:
+    """A module fixture's body: a running one-node cluster under ``root``, or a skip that says
+    why (programs missing, not root, or the daemons' own words when they do not start). Only
+    the start failing is a skip; a test failing is not."""
+    missing = missing_programs()
+    if missing:
+        pytest.skip(
+            f"SLURM programs not installed: {', '.join(missing)} "
+            "(apt-get install slurm-wlm munge; .ci/run installs them)"
+        )
+    if os.geteuid() != 0:
+        pytest.skip("the test SLURM cluster runs slurmd as root (SlurmUser=root); not root here")
+    with contextlib.ExitStack() as stack:
+        try:
+            running = stack.enter_context(slurm_cluster(root))
+        except SlurmStartError as err:
+            pytest.skip(f"could not start a local SLURM cluster: {err}")
+        yield running

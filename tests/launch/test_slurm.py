@@ -8,8 +8,6 @@ job requeue itself, and the second run resume and finish.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import subprocess
 import sys
 import time
@@ -24,10 +22,8 @@ from tests.helpers.distributed import REPO_ROOT, distributed_env
 from tests.launch.jobs import OVERRIDES, STEPS, dry_run, experiment, wait_for_checkpoint
 from tests.launch.slurm_cluster import (
     SlurmCluster,
-    SlurmStartError,
+    cluster_or_skip,
     free_port,
-    missing_programs,
-    slurm_cluster,
 )
 from tests.train.runs import run_id
 
@@ -38,22 +34,7 @@ PROFILE = str(REPO_ROOT / "configs" / "cluster" / "slurm_cpu.yaml")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    missing = missing_programs()
-    if missing:
-        pytest.skip(
-            f"SLURM programs not installed: {', '.join(missing)} "
-            "(apt-get install slurm-wlm munge; .ci/run installs them)"
-        )
-    if os.geteuid() != 0:
-        pytest.skip("the test SLURM cluster runs slurmd as root (SlurmUser=root); not root here")
-    root = tmp_path_factory.mktemp("slurm")
-    with contextlib.ExitStack() as stack:
-        try:
-            running = stack.enter_context(slurm_cluster(root))
-        except SlurmStartError as err:
-            # Only the start failing is a skip, with the daemons' own words; a test failing is not.
-            pytest.skip(f"could not start a local SLURM cluster: {err}")
-        yield running
+    yield from cluster_or_skip(tmp_path_factory.mktemp("slurm"))
 
 
 def submit(cluster: SlurmCluster, tmp_path: Path, config: Path, *extra: str) -> tuple[str, str]:

@@ -15,7 +15,9 @@ import sys
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 
-PROJECT_LOGGERS = ("data_pipeline", "pretrain", "launch", "benchmarks")
+# "__main__": a project module run with `python -m` (torchrun's `-m pretrain.cli`, the tests'
+# `-m launch.cli`) or a benchmark script logs under that name, not under its package.
+PROJECT_LOGGERS = ("data_pipeline", "pretrain", "launch", "benchmarks", "__main__")
 # Libraries whose INFO chatter (DeepSpeed's config dumps, MLflow's database migrations, HTTP
 # clients' connection lines) buries the project's own lines; their warnings still show.
 THIRD_PARTY_LOGGERS = (

@@ -29,6 +29,7 @@ def test_a_failed_training_ends_with_the_first_ranks_cause(
         env={"MNEMOS_FAULTS": "nonfinite@2,nonfinite@3"},
     )
     assert run.wait(300) == 1, run.output()
+    assert run.script().is_file()  # the launcher said which script it ran
     last = run.output().rstrip().splitlines()[-1]
     assert "ERROR the job failed (exit code 1): " in last and CAUSE in last, run.output()
 

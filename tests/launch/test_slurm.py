@@ -96,9 +96,10 @@ def test_preemption_signal_checkpoints_requeues_and_finishes(
     assert state["JobState"] == "COMPLETED", out
     assert int(state["Restarts"]) >= 1, state
     assert "received SIGUSR1: forwarding to the ranks" in out
-    preempted_at = [line for line in out.splitlines() if line.startswith("preempted: checkpoint")]
+    # The trainer's log line (after its time, level and rank), not the script's own echo.
+    preempted_at = [line for line in out.splitlines() if "preempted: checkpoint at step " in line]
     assert preempted_at, out
-    step = int(preempted_at[0].split("step ")[1].split()[0])
+    step = int(preempted_at[0].split("at step ")[1].split()[0])
     assert f"resumed from step {step}" in out
     assert ckpt.committed_steps(tmp_path / "checkpoints")[-1] == STEPS
     run = read_run(f"sqlite:///{tmp_path / 'mlflow.db'}", run_id(tmp_path / "checkpoints"))

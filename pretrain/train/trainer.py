@@ -28,7 +28,7 @@ from pretrain.checkpoint import state as train_checkpoint
 from pretrain.config import ExperimentConfig
 from pretrain.distributed import engine as eng
 from pretrain.distributed.process_group import all_reduce_sum
-from pretrain.evaluate.loop import EvalSettings, evaluate_model
+from pretrain.evaluate.loop import EvalSettings, evaluate_model, weighted_metrics
 from pretrain.faults import Faults
 from pretrain.loader import Batch, MixtureLoader, TrainLoader, ValidationLoader
 from pretrain.model import flops_per_token
@@ -456,21 +456,14 @@ class Trainer:
 def mixture_validation(
     per_source: dict[str, dict[str, float]], weights: dict[str, float]
 ) -> dict[str, float]:
-    """val/<name>/{loss,perplexity,tokens,bpb} per source and, as val/..., their weighted mean
-    (weights normalised; perplexity of the mean loss, tokens summed)."""
-    total = sum(weights.values())
+    """val/<name>/{loss,perplexity,tokens,bpb} per source and, as val/..., their weighted mean."""
     out: dict[str, float] = {}
     for name, metrics in per_source.items():
-        out[f"val/{name}/loss"] = metrics["loss"]
-        out[f"val/{name}/perplexity"] = metrics["perplexity"]
-        out[f"val/{name}/tokens"] = metrics["tokens"]
-        if "bits_per_byte" in metrics:
-            out[f"val/{name}/bpb"] = metrics["bits_per_byte"]
-    for key in ("loss", "bits_per_byte"):
-        if all(key in m for m in per_source.values()):
-            out[f"val/{key}"] = sum(weights[n] / total * m[key] for n, m in per_source.items())
-    out["val/perplexity"] = math.exp(min(out["val/loss"], 50.0))
-    out["val/tokens"] = sum(m["tokens"] for m in per_source.values())
+        for key in VALIDATION_METRICS:
+            if key in metrics:
+                out[f"val/{name}/{'bpb' if key == 'bits_per_byte' else key}"] = metrics[key]
+    total = weighted_metrics(per_source, weights)
+    out.update({f"val/{k}": v for k, v in total.items() if k in VALIDATION_METRICS})
     return out
 
 

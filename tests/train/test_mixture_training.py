@@ -6,12 +6,15 @@ uninterrupted run, and a changed mixture is refused at resume unless allowed."""
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
 import pytest
 
 from pretrain.checkpoint import layout as ckpt
+from pretrain.cli import main
+from pretrain.evaluate.command import format_table
 from pretrain.tracking import read_run
 from tests.conftest import CORPORA
 from tests.helpers.prepared_data import data_pipeline
@@ -54,7 +57,10 @@ def mixture_file(tmp_path: Path, big: Path, small: Path, weights: tuple[float, f
 
 
 def test_mixture_run_logs_per_source_and_resumes_exactly_after_kill_9(
-    char_manifest: Path, small_manifest: Path, tmp_path: Path
+    char_manifest: Path,
+    small_manifest: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     reference = tmp_path / "reference"
     config = mixture_file(reference, char_manifest, small_manifest, (0.6, 0.4))
@@ -69,6 +75,20 @@ def test_mixture_run_logs_per_source_and_resumes_exactly_after_kill_9(
         assert metrics[f"val/{name}/loss"] > 0 and metrics[f"val/{name}/bpb"] > 0
     weighted = 0.6 * metrics["val/big/loss"] + 0.4 * metrics["val/small/loss"]
     assert metrics["val/loss"] == pytest.approx(weighted)
+
+    # `pretrain evaluate` reports the same per-source table (in one process, bf16 like training).
+    code = main(["evaluate", str(reference / "checkpoints"), "--json", "--no-mlflow"])
+    out = capsys.readouterr().out
+    report = json.loads(out[out.index("{\n") :])  # after DeepSpeed's accelerator notice
+    assert code == 0 and sorted(report["sources"]) == ["big", "small"]
+    for name in ("big", "small"):
+        got = report["sources"][name]["loss"]
+        assert got == pytest.approx(metrics[f"val/{name}/loss"], rel=2e-2)
+    assert report["metrics"]["loss"] == pytest.approx(
+        0.6 * report["sources"]["big"]["loss"] + 0.4 * report["sources"]["small"]["loss"]
+    )
+    table = format_table(report)
+    assert "per source" in table and "small" in table.splitlines()[-1]
 
     killed = tmp_path / "killed"
     config = mixture_file(killed, char_manifest, small_manifest, (0.6, 0.4))

@@ -449,6 +449,9 @@ class Trainer:
             f"validation at step {self.state.step}: loss {metrics['val/loss']:.4f} | "
             f"ppl {metrics['val/perplexity']:.2f}"
             + (f" | bpb {bpb:.4f}" if bpb is not None else "")
+            + "".join(
+                f" | {n} loss {metrics[f'val/{n}/loss']:.4f}" for n in self.validation_sources
+            )
         )
         return metrics
 

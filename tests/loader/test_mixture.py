@@ -1,11 +1,16 @@
 """Weighted mixtures of prepared datasets: the schedule's proportions over every window, each
 source read as its own contiguous streams with its own epochs, document starts at every change
-of source, exact resume (same and another world size with the same stream count), and the
-refusals (mismatched tokenizer or dtype, a changed mixture, both data keys)."""
+of source, exact resume (same and another world size with the same stream count, every
+objective and order, from the state of a process killed with SIGKILL), and the refusals (mismatched tokenizer or dtype, a changed mixture, both data keys)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,3 +221,72 @@ def test_manifest_and_mixture_are_exclusive() -> None:
         from_dict(ExperimentConfig, tree)
     tree["data"] = {"mixture": [{"name": "a", "manifest": "a.json", "weight": 2}]}
     assert from_dict(ExperimentConfig, tree).data.mixture[0].weight == 2.0
+
+
+@pytest.mark.parametrize(
+    ("objective", "order"),
+    [("mlm", "contiguous"), ("span", "contiguous"), ("causal_lm", "shuffled")],
+)
+def test_every_objective_and_order_resumes_exactly(
+    sources: Sources, objective: str, order: str
+) -> None:
+    srcs = mixture(sources, (0.5, 0.3, 0.2))
+    config = DataConfig(order=order, prefetch_batches=2)  # type: ignore[arg-type]
+    with make(srcs, objective=objective, data_config=config) as whole:
+        reference = steps(whole, 16)
+    with make(srcs, objective=objective, data_config=config) as first:
+        steps(first, 7)
+        state = first.state_dict()
+    with make(srcs, objective=objective, data_config=config) as again:
+        again.load_state_dict(state)
+        resumed = steps(again, 9)
+    for a, b in zip(reference[7:], resumed, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert x.keys() == y.keys() and all(torch.equal(x[key], y[key]) for key in x)
+
+
+CHILD = """
+import os, sys, torch
+from pretrain.config import DataConfig, MixtureSource
+from pretrain.loader import MixtureLoader
+names, manifests, out = sys.argv[1].split(","), sys.argv[2].split(","), sys.argv[3]
+sources = [MixtureSource(n, m, w) for n, m, w in zip(names, manifests, (0.7, 0.2, 0.1))]
+loader = MixtureLoader(sources, rank=0, world_size=1, micro_batch_size=2, grad_accum=2,
+    seq_len=16, objective="causal_lm", seed=3, data_config=DataConfig(order="contiguous"))
+while True:  # a training loop's checkpoints: the state after each step, written atomically
+    loader.next_step()
+    torch.save(loader.state_dict(), out + ".tmp")
+    os.replace(out + ".tmp", out)
+"""
+
+
+def test_state_saved_by_a_process_killed_with_sigkill_resumes_at_another_world_size(
+    sources: Sources, tmp_path: Path
+) -> None:
+    srcs = mixture(sources, (0.7, 0.2, 0.1))
+    out = tmp_path / "state.pt"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    names, manifests = ",".join(s.name for s in srcs), ",".join(s.manifest for s in srcs)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, names, manifests, str(out)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not out.exists() or torch.load(out)["step"] < 20:
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    state = torch.load(out, weights_only=True)
+    done = state["step"]
+    with make(srcs) as whole:
+        reference = steps(whole, done + 10)
+    merged = merge_states([state])
+    for rank in range(2):  # 2 ranks x micro-batch 1 x grad_accum 2: the same 4 streams
+        with make(srcs, rank=rank, world_size=2, micro_batch_size=1) as part:
+            part.load_state_dict(merged)
+            got = steps(part, 10)
+        for t in range(10):
+            for k in range(2):
+                ref_k, ref_b = divmod(rank * 2 + k, 2)
+                for key in ("input_ids", "targets", "doc_start"):
+                    assert torch.equal(got[t][k][key][0], reference[done + t][ref_k][key][ref_b])

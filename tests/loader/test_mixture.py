@@ -1,7 +1,8 @@
 """Weighted mixtures of prepared datasets: the schedule's proportions over every window, each
 source read as its own contiguous streams with its own epochs, document starts at every change
 of source, exact resume (same and another world size with the same stream count, every
-objective and order, from the state of a process killed with SIGKILL), and the refusals (mismatched tokenizer or dtype, a changed mixture, both data keys)."""
+objective and order, from the state of a process killed with SIGKILL), and the refusals
+(mismatched tokenizer or dtype, a changed mixture, both data keys)."""
 
 from __future__ import annotations
 

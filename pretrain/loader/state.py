@@ -99,6 +99,11 @@ def positions_for(
     layout: list[int] | None = None,
 ) -> dict[int, Position]:
     """The positions of ``streams`` in ``state``, after checking that the state fits."""
+    if "mixture" in state:
+        raise LoaderStateError(
+            "loader state is of a mixture (data.mixture), this run reads one dataset "
+            "(data.manifest)"
+        )
     if state.get("format") != STATE_FORMAT:
         raise LoaderStateError(f"loader state format {state.get('format')!r} is not {STATE_FORMAT}")
     if state["fingerprint"] != fingerprint:

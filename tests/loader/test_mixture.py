@@ -22,7 +22,13 @@ import torch
 
 from data_pipeline.configuration import ConfigError, from_dict
 from pretrain.config import DataConfig, ExperimentConfig, MixtureSource
-from pretrain.loader import LoaderStateError, ManifestError, MixtureLoader, merge_states
+from pretrain.loader import (
+    LoaderStateError,
+    ManifestError,
+    MixtureLoader,
+    TrainLoader,
+    merge_states,
+)
 from pretrain.loader.mixture import BLOCK, MixtureSchedule
 from pretrain.loader.order import StreamPlan
 from tests.loader.helpers import planned_tokens
@@ -291,3 +297,28 @@ def test_state_saved_by_a_process_killed_with_sigkill_resumes_at_another_world_s
                 ref_k, ref_b = divmod(rank * 2 + k, 2)
                 for key in ("input_ids", "targets", "doc_start"):
                     assert torch.equal(got[t][k][key][0], reference[done + t][ref_k][key][ref_b])
+
+
+def test_a_mixture_state_and_a_single_dataset_state_are_not_interchangeable(
+    sources: Sources,
+) -> None:
+    srcs = mixture(sources, (0.7, 0.2, 0.1))
+    with make(srcs) as mixed, make_single(sources.big_a) as single:
+        with pytest.raises(LoaderStateError, match="this run reads one dataset"):
+            single.load_state_dict(mixed.state_dict())
+        with pytest.raises(LoaderStateError, match=r"this run reads data\.mixture"):
+            mixed.load_state_dict(single.state_dict())
+
+
+def make_single(dataset: BuiltDataset) -> TrainLoader:
+    return TrainLoader(
+        str(dataset.manifest),
+        rank=0,
+        world_size=1,
+        micro_batch_size=2,
+        grad_accum=2,
+        seq_len=SEQ,
+        objective="causal_lm",
+        seed=3,
+        data_config=DataConfig(order="contiguous"),
+    )

@@ -2,6 +2,7 @@
 
     python benchmarks/loader_throughput.py [--seconds 3] [--repeats 3] [--seq-len 1024]
         [--span-seq-len 512] [--micro-batch 8] [--train-steps 1] [--orders contiguous,shuffled]
+        [--mixture]
 
 Builds byte-level shards of all of tinyshakespeare (chunk_len 1024, uint16) in a temp dir with
 the loader tests' fixture builder (the data pipeline's `prepare` is not used, so the loader is
@@ -13,7 +14,13 @@ measured alone), then in the same run measures tokens/s of:
   ``--orders`` (``DataConfig.order``: contiguous, shuffled);
 * one forward + backward step of `pretrain.model.build_model(configs/model/gpt2_small.yaml)`
   on a (micro_batch, seq_len) batch, fp32 on this CPU: the tokens/s a training step consumes
-  (``--train-steps 0`` leaves it out; it takes minutes on a small CPU).
+  (``--train-steps 0`` leaves it out; it takes minutes on a small CPU);
+* with ``--mixture``: a `MixtureLoader` for causal LM over 3 sources, weights 0.5/0.3/0.2,
+  against the single-source causal LM loader of the first order in the same repeat (target
+  >= 0.9x), twice: sources that are copies of the single source's dataset (built apart: the
+  cost of mixing itself), and sources that are the corpus's three thirds (each a third of the
+  size: every stream starts each epoch inside a shard and reads past its earlier samples, tar
+  having no index, so small sources pay that per-epoch cost three times as often).
 
 The raw and loader measurements are interleaved (raw, causal, mlm, span, raw, causal, ...)
 ``--repeats`` times so that load from other processes hits them alike; the table gives medians,
@@ -41,8 +48,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pretrain.config import DataConfig, ModelConfig  # noqa: E402
-from pretrain.loader import TrainLoader  # noqa: E402
+from pretrain.config import DataConfig, MixtureSource, ModelConfig  # noqa: E402
+from pretrain.loader import MixtureLoader, TrainLoader  # noqa: E402
 from tests.loader.shard_fixture import build_dataset  # noqa: E402
 
 OBJECTIVES = ("causal_lm", "mlm", "span")
@@ -84,10 +91,34 @@ def loader_tokens_per_s(
         seed=0,
         data_config=DataConfig(order=order),  # type: ignore[arg-type]
     ) as loader:
-        loader.next_step()  # thread start and first shard opens are not steady state
+        for _ in range(args.warmup_steps):  # thread start, first shard opens: not steady state
+            loader.next_step()
         tokens, start, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - start < args.seconds:
             tokens += len(loader.next_step()) * args.micro_batch * seq_len
+        return _rates(tokens, start, cpu)
+
+
+def mixture_tokens_per_s(
+    sources: list[MixtureSource], order: str, args: argparse.Namespace
+) -> Rate:
+    """As `loader_tokens_per_s` for causal LM, through a `MixtureLoader`."""
+    with MixtureLoader(
+        sources,
+        rank=0,
+        world_size=1,
+        micro_batch_size=args.micro_batch,
+        grad_accum=1,
+        seq_len=args.seq_len,
+        objective="causal_lm",
+        seed=0,
+        data_config=DataConfig(order=order),  # type: ignore[arg-type]
+    ) as loader:
+        for _ in range(args.warmup_steps):  # a mixture opens each source's streams lazily
+            loader.next_step()
+        tokens, start, cpu = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - start < args.seconds:
+            tokens += len(loader.next_step()) * args.micro_batch * args.seq_len
         return _rates(tokens, start, cpu)
 
 
@@ -121,6 +152,9 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--train-steps", type=int, default=1)
     parser.add_argument("--orders", default="contiguous,shuffled", help="DataConfig.order list")
+    parser.add_argument("--mixture", action="store_true", help="add a 3-source mixture row")
+    parser.add_argument("--warmup-steps", type=int, default=1, help="steps before timing")
+    parser.add_argument("--shard-samples", type=int, default=128, help="samples per shard")
     args = parser.parse_args()
     orders = args.orders.split(",")
     variants = [(objective, order) for order in orders for objective in OBJECTIVES]
@@ -129,9 +163,29 @@ def main() -> None:
     runs: dict[str, list[Rate]] = {"raw": [], **{f"{o} {order}": [] for o, order in variants}}
     with tempfile.TemporaryDirectory() as tmp:
         built = build_dataset(
-            Path(tmp), text_bytes=10**9, chunk_len=1024, shard_samples=128, train_units=4
+            Path(tmp),
+            text_bytes=10**9,
+            chunk_len=1024,
+            shard_samples=args.shard_samples,
+            train_units=4,
         )
         shards = built.shard_paths["train"]
+        mixtures: dict[str, list[MixtureSource]] = {}
+        if args.mixture:
+            third = len(built.samples["train"]) * 1024 // 3  # ~ bytes (byte-level tokens)
+            for kind in ("copies", "thirds"):
+                mixtures[kind] = []
+                for i, (name, weight) in enumerate((("a", 0.5), ("b", 0.3), ("c", 0.2))):
+                    part = build_dataset(
+                        Path(tmp) / kind / name,
+                        text_bytes=10**9 if kind == "copies" else third,
+                        text_start=0 if kind == "copies" else i * third,
+                        chunk_len=1024,
+                        shard_samples=args.shard_samples,
+                        train_units=4 if kind == "copies" else 1,
+                    )
+                    mixtures[kind].append(MixtureSource(name, str(part.manifest), weight))
+                runs[f"mixture {kind}"] = []
         for _ in range(args.repeats):
             runs["raw"].append(raw_tokens_per_s(shards, args.seconds))
             for objective, order in variants:
@@ -139,6 +193,8 @@ def main() -> None:
                 runs[f"{objective} {order}"].append(
                     loader_tokens_per_s(built.manifest, objective, seq_len, order, args)
                 )
+            for kind, sources in mixtures.items():
+                runs[f"mixture {kind}"].append(mixture_tokens_per_s(sources, orders[0], args))
     load_after = _load()
     step = train_step_tokens_per_s(args) if args.train_steps > 0 else float("nan")
     print(f"shards: {len(shards)} train shards, chunk_len 1024, uint16; torch {torch.__version__}")
@@ -156,6 +212,9 @@ def main() -> None:
     for objective, order in variants:
         span = f", seq_len {args.span_seq_len}" if objective == "span" else ""
         rows.append((f"TrainLoader {objective} ({order}{span})", f"{objective} {order}"))
+    for kind in mixtures:
+        what = f"MixtureLoader causal_lm, 3 sources ({kind}) 0.5/0.3/0.2 ({orders[0]})"
+        rows.append((what, f"mixture {kind}"))
     for name, key in rows:
         wall = [w for w, _ in runs[key]]
         cpu = [c for _, c in runs[key]]
@@ -168,6 +227,15 @@ def main() -> None:
             f"| {np.median(cpu):,.0f} | {np.median([r for _, r in ratios]):.2f}x |"
         )
     print(f"| GPT-2-small fwd+bwd step (fp32, CPU) | {step:,.0f} | | | 1x | | |")
+    for kind in mixtures:
+        single = runs[f"causal_lm {orders[0]}"]
+        ratios_of = list(zip(runs[f"mixture {kind}"], single, strict=True))
+        wall = np.median([m[0] / s[0] for m, s in ratios_of])
+        cpu = np.median([m[1] / s[1] for m, s in ratios_of])
+        print(
+            f"mixture ({kind}) vs single-source causal_lm ({orders[0]}), median of per-repeat "
+            f"ratios: {wall:.2f}x wall, {cpu:.2f}x per CPU-s (target >= 0.9x)"
+        )
 
 
 if __name__ == "__main__":

@@ -35,7 +35,10 @@ def experiment(path: str, overrides: Sequence[str]) -> ExperimentConfig:
 
 def check_manifest(url: str, train_split: str = "train") -> str | None:
     if not url:
-        return "data.manifest is not set: point it at the manifest.json of `data-pipeline prepare`"
+        return (
+            "data.manifest is not set: point it at the manifest.json of `data-pipeline prepare` "
+            "(or list several in data.mixture)"
+        )
     try:
         import fsspec
 
@@ -113,10 +116,9 @@ def check_ssh(host: str) -> str | None:
 
 def node_checks(config: ExperimentConfig) -> list[str]:
     """What must hold on every node: the data is readable, checkpoints can be written."""
-    found = [
-        check_manifest(config.data.manifest, config.data.train_split),
-        check_writable(config.checkpoint.dir),
-    ]
+    manifests = [s.manifest for s in config.data.mixture] or [config.data.manifest]
+    found = [check_manifest(url, config.data.train_split) for url in manifests]
+    found.append(check_writable(config.checkpoint.dir))
     return [f for f in found if f]
 
 

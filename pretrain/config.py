@@ -8,6 +8,7 @@ checked on any machine.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -89,10 +90,32 @@ class ModelConfig:
 
 
 @dataclass
+class MixtureSource:
+    """One prepared dataset of a weighted mixture (docs/loader.md "Mixtures")."""
+
+    name: str  # short identifier, used in metrics: train/tokens/<name>, val/<name>/loss
+    manifest: str  # manifest.json of `data-pipeline prepare`
+    weight: float  # relative share of the training tokens
+
+    def validate(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError(f"name must be letters, digits, '_', '.' or '-', got {self.name!r}")
+        if not self.manifest:
+            raise ValueError(f"source {self.name!r}: manifest is empty")
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(f"source {self.name!r}: weight must be > 0, got {self.weight}")
+
+
+@dataclass
 class DataConfig:
     """Where the prepared shards are and how the loader turns them into batches."""
 
     manifest: str = ""  # path or URL of manifest.json written by `data-pipeline prepare`
+    # Or several prepared datasets read in proportion to their weights (exclusive with manifest).
+    mixture: list[MixtureSource] = field(default_factory=list)
+    # Resume with other mixture weights or sources (the anneal of a WSD schedule); refused
+    # otherwise, naming the difference.
+    allow_mixture_change: bool = False
     train_split: str = "train"
     validation_split: str = "validation"
     seed: int = 0
@@ -113,6 +136,14 @@ class DataConfig:
     window_shift: Literal["none", "epoch"] = "none"
 
     def validate(self) -> None:
+        if self.manifest and self.mixture:
+            raise ValueError(
+                "data.manifest and data.mixture are both set: give exactly one of them (one "
+                "dataset, or a list of {name, manifest, weight})"
+            )
+        names = [source.name for source in self.mixture]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.mixture names must be unique, got {names}")
         if self.order not in ("auto", "contiguous", "shuffled"):
             raise ValueError(f"order must be auto, contiguous or shuffled, got {self.order!r}")
         if self.window_shift not in ("none", "epoch"):

@@ -1,6 +1,7 @@
 """Find a checkpoint's tokenizer and prove it is the one the model was trained with.
 
-A checkpoint names its dataset (``data.manifest`` in its config); the manifest names the
+A checkpoint names its dataset (``data.manifest`` in its config, or the sources of
+``data.mixture``, which share one tokenizer); the manifest names the
 tokenizer artifact (``tokenizer.path``) and records its content hash. The artifact found on disk
 must carry that hash: a tokenizer retrained or swapped since would silently map text to ids the
 model never saw.
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline.tokenizer import Tokenizer
+from pretrain.config import DataConfig
 from pretrain.loader import Manifest, ManifestError, load_manifest
 
 logger = logging.getLogger(__name__)
@@ -20,6 +22,12 @@ logger = logging.getLogger(__name__)
 
 class TokenizerMismatchError(ValueError):
     """The tokenizer found (or the data's tokenizer) is not the model's."""
+
+
+def data_manifest_url(data: DataConfig) -> str:
+    """The manifest a run's tokenizer is found through: ``data.manifest``, or for a mixture its
+    first source's (every source of a mixture has the same tokenizer hash)."""
+    return data.mixture[0].manifest if data.mixture else data.manifest
 
 
 def training_manifest(manifest_url: str) -> Manifest:
@@ -90,11 +98,12 @@ def model_tokenizer_hash(checkpoint: Any) -> str | None:
     if recorded:
         return str(recorded)
     try:
-        return training_manifest(checkpoint.saved_config.data.manifest).tokenizer_hash or None
+        url = data_manifest_url(checkpoint.saved_config.data)
+        return training_manifest(url).tokenizer_hash or None
     except ManifestError:
         logger.warning(
             "the training manifest %s is not readable here; the data's tokenizer cannot be "
             "checked against the model's",
-            checkpoint.saved_config.data.manifest,
+            data_manifest_url(checkpoint.saved_config.data),
         )
         return None

@@ -26,7 +26,13 @@ import torch.distributed as dist
 from pretrain.checkpoint.reading import Checkpoint, load_model, open_checkpoint
 from pretrain.checkpoint.tokenizer import check_same_tokenizer, model_tokenizer_hash
 from pretrain.config import ExperimentConfig
-from pretrain.evaluate.loop import LOSS_NAMES, EvalSettings, evaluate_model, validation_loader
+from pretrain.evaluate.loop import (
+    LOSS_NAMES,
+    EvalSettings,
+    evaluate_model,
+    validation_loader,
+    weighted_metrics,
+)
 from pretrain.loader import load_manifest
 
 
@@ -82,10 +88,16 @@ def run_evaluation(
     rank, world_size, device = _process_group()
     if config.model.mem_len and config.model.position == "learned":
         raise ValueError("learned absolute positions cannot be evaluated with memory")
-    manifest_url = data or config.data.manifest
+    # A mixture run is evaluated on each source's validation split (unless --data names one).
+    sources = (
+        {s.name: (s.manifest, s.weight) for s in config.data.mixture}
+        if config.data.mixture and not data
+        else {"": (data or config.data.manifest, 1.0)}
+    )
     expected_hash = model_tokenizer_hash(checkpoint) if data else None
-    data_manifest = load_manifest(manifest_url)
-    check_same_tokenizer(data_manifest, expected_hash, f"the model of {checkpoint.directory}")
+    for manifest_url, _ in sources.values():
+        data_manifest = load_manifest(manifest_url)
+        check_same_tokenizer(data_manifest, expected_hash, f"the model of {checkpoint.directory}")
     settings = EvalSettings(
         split=config.data.validation_split,
         seq_len=config.train.seq_len,
@@ -94,26 +106,43 @@ def run_evaluation(
         batches=config.train.eval_batches,
     )
     model = load_model(checkpoint).to(device)
-    loader = validation_loader(
-        config,
-        manifest_url,
-        settings,
-        rank=rank,
-        world_size=world_size,
-        expected_tokenizer_hash=expected_hash,
-    )
+    loaders = {
+        name: validation_loader(
+            config,
+            manifest_url,
+            settings,
+            rank=rank,
+            world_size=world_size,
+            expected_tokenizer_hash=expected_hash,
+        )
+        for name, (manifest_url, _) in sources.items()
+    }
     lengths = (
         sorted({*sweep_lengths(sweep, config), settings.mem_len}) if sweep else [settings.mem_len]
     )
     if config.model.position == "learned" and any(lengths):
         raise ValueError("learned absolute positions cannot use memory: no sweep possible")
     rows = []
+    per_source: dict[str, dict[str, float]] = {}
     for mem_len in lengths:
         current = EvalSettings(**{**asdict(settings), "mem_len": mem_len})
-        metrics = evaluate_model(
-            model, loader, current, family=config.model.family, device=device, show_progress=True
-        )
-        rows.append({"mem_len": mem_len, **metrics})
+        results = {
+            name: evaluate_model(
+                model,
+                loader,
+                current,
+                family=config.model.family,
+                device=device,
+                show_progress=True,
+            )
+            for name, loader in loaders.items()
+        }
+        if mem_len == settings.mem_len:
+            per_source = results
+        weights = {name: weight for name, (_, weight) in sources.items()}
+        rows.append({"mem_len": mem_len, **weighted_metrics(results, weights)})
+    loader = next(iter(loaders.values()))
+    manifest_url = ", ".join(url for url, _ in sources.values())
     main = next(r for r in rows if r["mem_len"] == settings.mem_len)
     return {
         "checkpoint": str(checkpoint.directory),
@@ -130,6 +159,13 @@ def run_evaluation(
         },
         "metrics": {k: v for k, v in main.items() if k != "mem_len"},
         "sweep": rows if sweep else [],
+        # A mixture: each source's own figures (the metrics above are their weighted mean).
+        "sources": {
+            name: {"weight": sources[name][1], "data": sources[name][0], **metrics}
+            for name, metrics in per_source.items()
+        }
+        if "" not in sources
+        else {},
     }
 
 
@@ -153,6 +189,15 @@ def format_table(report: dict[str, Any]) -> str:
             value = row[n]
             cells.append(f"{int(value):>13d}" if n == "tokens" else f"{value:>13.4f}")
         lines.append("  ".join(cells))
+    if report.get("sources"):
+        lines += ["", "per source (the table above is their weighted mean):"]
+        lines.append("  ".join(f"{n:>13}" for n in ["source", "weight", *cols]))
+        for name, row in report["sources"].items():
+            cells = [f"{name:>13}", f"{row['weight']:>13.4g}"]
+            for n in cols:
+                value = row[n]
+                cells.append(f"{int(value):>13d}" if n == "tokens" else f"{value:>13.4f}")
+            lines.append("  ".join(cells))
     return "\n".join(lines)
 
 
@@ -161,6 +206,10 @@ def _log(checkpoint: Checkpoint, report: dict[str, Any]) -> str | None:
 
     split = report["settings"]["split"]
     metrics = {f"eval/{split}/{k}": v for k, v in report["metrics"].items()}
+    for name, row in report.get("sources", {}).items():
+        for k, v in row.items():
+            if isinstance(v, float):
+                metrics[f"eval/{split}/{name}/{k}"] = v
     for row in report["sweep"]:
         for k, v in row.items():
             if k != "mem_len":

@@ -119,3 +119,18 @@ def evaluate_model(
         metrics["bytes_per_token"] = bytes_per_token
         metrics["bits_per_byte"] = loss / math.log(2) / bytes_per_token
     return metrics
+
+
+def weighted_metrics(
+    results: dict[str, dict[str, float]], weights: dict[str, float]
+) -> dict[str, float]:
+    """One source's metrics as they are; several: the weighted mean of each figure (weights
+    normalised), perplexity of the mean loss, tokens summed."""
+    if len(results) == 1:
+        return dict(next(iter(results.values())))
+    total = sum(weights.values())
+    keys = set.intersection(*(set(m) for m in results.values()))
+    out = {k: sum(weights[n] / total * m[k] for n, m in results.items()) for k in keys}
+    out["perplexity"] = math.exp(min(out["loss"], 50.0))
+    out["tokens"] = sum(m["tokens"] for m in results.values())
+    return out

@@ -20,7 +20,11 @@ from pretrain.checkpoint.reading import (
     model_from_state,
     open_checkpoint,
 )
-from pretrain.checkpoint.tokenizer import manifest_tokenizer, training_manifest
+from pretrain.checkpoint.tokenizer import (
+    data_manifest_url,
+    manifest_tokenizer,
+    training_manifest,
+)
 from pretrain.export.hf import architecture, save_hf
 from pretrain.model.build import DTYPES
 from pretrain.pretrained import INFO_FILE, TOKENIZER_DIR, save_pretrained
@@ -50,7 +54,7 @@ def export(
     config = checkpoint.config
     if fmt == "hf":
         architecture(config.model)  # refuse before the (slow) consolidation
-    manifest = training_manifest(checkpoint.saved_config.data.manifest)
+    manifest = training_manifest(data_manifest_url(checkpoint.saved_config.data))
     tokenizer = manifest_tokenizer(manifest, tokenizer_path)
     state = consolidated_state_dict(checkpoint)
     info = provenance(checkpoint, tokenizer.hash)

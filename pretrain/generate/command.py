@@ -46,10 +46,14 @@ def load_generator(
             raise ValueError(f"{source} holds no tokenizer; pass --tokenizer")
         return Generator(pretrained.model, tokenizer)
     from pretrain.checkpoint.reading import load_model, open_checkpoint
-    from pretrain.checkpoint.tokenizer import manifest_tokenizer, training_manifest
+    from pretrain.checkpoint.tokenizer import (
+        data_manifest_url,
+        manifest_tokenizer,
+        training_manifest,
+    )
 
     checkpoint = open_checkpoint(source, step)
-    manifest = training_manifest(checkpoint.config.data.manifest)
+    manifest = training_manifest(data_manifest_url(checkpoint.config.data))
     tokenizer = manifest_tokenizer(manifest, tokenizer_path)
     return Generator(load_model(checkpoint, precision), tokenizer)
 

@@ -6,6 +6,7 @@ errors, and `load_manifest` for code that only needs the dataset's figures.
 
 from pretrain.loader.collate import Batch, Objective
 from pretrain.loader.manifest import Manifest, ManifestError, check_compatible, load_manifest
+from pretrain.loader.mixture import MixtureLoader
 from pretrain.loader.shards import ShardError
 from pretrain.loader.state import LoaderStateError, merge_states
 from pretrain.loader.train_loader import TrainLoader
@@ -16,6 +17,7 @@ __all__ = [
     "LoaderStateError",
     "Manifest",
     "ManifestError",
+    "MixtureLoader",
     "Objective",
     "ShardError",
     "TrainLoader",

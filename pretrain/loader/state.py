@@ -62,6 +62,18 @@ def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One state holding every stream of ``states`` (each rank's), for a new world size."""
     if not states:
         raise LoaderStateError("no loader states to merge")
+    if "sources" in states[0]:  # a mixture: the same header, each source's states merged
+        top = {k: v for k, v in states[0].items() if k != "sources"}
+        for state in states:
+            if {k: v for k, v in state.items() if k != "sources"} != top:
+                raise LoaderStateError("mixture loader states disagree (step, weights or sources)")
+        return {
+            **top,
+            "sources": {
+                name: merge_states([state["sources"][name] for state in states])
+                for name in states[0]["sources"]
+            },
+        }
     head = {k: v for k, v in states[0].items() if k != "streams"}
     streams: dict[int, list[int]] = {}
     for state in states:
@@ -87,6 +99,11 @@ def positions_for(
     layout: list[int] | None = None,
 ) -> dict[int, Position]:
     """The positions of ``streams`` in ``state``, after checking that the state fits."""
+    if "mixture" in state:
+        raise LoaderStateError(
+            "loader state is of a mixture (data.mixture), this run reads one dataset "
+            "(data.manifest)"
+        )
     if state.get("format") != STATE_FORMAT:
         raise LoaderStateError(f"loader state format {state.get('format')!r} is not {STATE_FORMAT}")
     if state["fingerprint"] != fingerprint:

@@ -28,9 +28,9 @@ from pretrain.checkpoint import state as train_checkpoint
 from pretrain.config import ExperimentConfig
 from pretrain.distributed import engine as eng
 from pretrain.distributed.process_group import all_reduce_sum
-from pretrain.evaluate.loop import EvalSettings, evaluate_model
+from pretrain.evaluate.loop import EvalSettings, evaluate_model, weighted_metrics
 from pretrain.faults import Faults
-from pretrain.loader import Batch, TrainLoader, ValidationLoader
+from pretrain.loader import Batch, MixtureLoader, TrainLoader, ValidationLoader
 from pretrain.model import flops_per_token
 from pretrain.tracking import Tracker, create_tracker
 from pretrain.train.preemption import Preempted, PreemptionFlag
@@ -67,7 +67,7 @@ class Trainer:
         config: ExperimentConfig,
         *,
         engine: eng.Engine | None = None,
-        loader: TrainLoader | None = None,
+        loader: TrainLoader | MixtureLoader | None = None,
         validation: ValidationLoader | None = None,
         tracker: Tracker | None = None,
         faults: Faults | None = None,
@@ -88,24 +88,38 @@ class Trainer:
             "data_config": cfg.data,
             "expected_vocab_size": cfg.model.vocab_size,
         }
-        self.loader = (
-            loader
-            if loader is not None
-            else TrainLoader(
-                cfg.data.manifest,
-                micro_batch_size=cfg.train.micro_batch_size,
-                grad_accum=cfg.train.grad_accum,
-                mem_len=cfg.model.mem_len,  # data.order auto: shuffled windows when no memory
-                **loader_args,
-            )
-        )
-        self.validation = (
-            validation
-            if validation is not None
-            else ValidationLoader(
+        train_args: dict[str, Any] = {
+            **loader_args,
+            "micro_batch_size": cfg.train.micro_batch_size,
+            "grad_accum": cfg.train.grad_accum,
+            "mem_len": cfg.model.mem_len,  # data.order auto: shuffled windows when no memory
+        }
+        mixture = cfg.data.mixture
+        if not mixture and not cfg.data.manifest:
+            raise ValueError("data: set data.manifest or data.mixture (neither is set)")
+        self.loader: TrainLoader | MixtureLoader
+        if loader is not None:
+            self.loader = loader
+        elif mixture:
+            self.loader = MixtureLoader(mixture, **train_args)
+        else:
+            self.loader = TrainLoader(cfg.data.manifest, **train_args)
+        # Validation per source of a mixture (val/<name>/...), besides their weighted total.
+        self.validation_sources: dict[str, ValidationLoader] = {}
+        if validation is not None:
+            self.validation = validation
+        elif mixture:
+            self.validation_sources = {
+                source.name: ValidationLoader(
+                    source.manifest, batch_size=cfg.train.micro_batch_size, **loader_args
+                )
+                for source in mixture
+            }
+            self.validation = next(iter(self.validation_sources.values()))
+        else:
+            self.validation = ValidationLoader(
                 cfg.data.manifest, batch_size=cfg.train.micro_batch_size, **loader_args
             )
-        )
         self.state = train_checkpoint.TrainerState(
             step=0,
             tokens_seen=0,
@@ -118,6 +132,7 @@ class Trainer:
         )
         self.preemption = PreemptionFlag()
         self.fp16_overflows = 0
+        self._source_epochs: dict[str, float] = {}
         self.loop_started, self.loop_first_step = time.perf_counter(), 0  # set again by train()
         self.tracker: Tracker = Tracker() if tracker is None else tracker
         self.build_tracker = tracker is None
@@ -212,17 +227,25 @@ class Trainer:
         )
         self.engine.model.eval()
         try:
-            metrics = evaluate_model(
-                self.engine.model,
-                self.validation,
-                settings,
-                family=self.family,
-                device=self.device,
-            )
+            if not self.validation_sources:
+                metrics = evaluate_model(
+                    self.engine.model,
+                    self.validation,
+                    settings,
+                    family=self.family,
+                    device=self.device,
+                )
+                # What the training run logs of them (accuracy and bytes/token are evaluate's).
+                return {f"val/{k}": v for k, v in metrics.items() if k in VALIDATION_METRICS}
+            per_source = {
+                name: evaluate_model(
+                    self.engine.model, loader, settings, family=self.family, device=self.device
+                )
+                for name, loader in self.validation_sources.items()
+            }
         finally:
             self.engine.model.train()
-        # What the training run logs of them (accuracy and bytes/token are evaluate's).
-        return {f"val/{k}": v for k, v in metrics.items() if k in VALIDATION_METRICS}
+        return mixture_validation(per_source, {s.name: s.weight for s in cfg.data.mixture})
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -380,6 +403,8 @@ class Trainer:
             "train/tokens_seen": float(self.state.tokens_seen),
             **eng.memory_stats(),
         }
+        if isinstance(self.loader, MixtureLoader):
+            metrics.update(self._mixture_metrics(self.loader))
         if self.engine.ds_config.get("fp16", {}).get("enabled"):
             metrics["train/loss_scale"] = float(self.engine.model.optimizer.cur_scale)
             metrics["train/fp16_overflows"] = float(self.fp16_overflows)
@@ -390,6 +415,18 @@ class Trainer:
             f"{tokens_per_s:,.0f} tok/s | {elapsed * 1000:.0f} ms/step | "
             f"peak mem {max(eng.memory_stats().values()):.2f} GiB | ETA {self._eta()}"
         )
+        return metrics
+
+    def _mixture_metrics(self, loader: MixtureLoader) -> dict[str, float]:
+        """Tokens and epochs per source (the same figures on every rank: the schedule is known
+        to all of them); a line when a source starts another pass over its data."""
+        metrics: dict[str, float] = {}
+        for name, epochs in loader.source_epochs().items():
+            metrics[f"train/tokens/{name}"] = float(loader.source_tokens()[name])
+            metrics[f"train/epochs/{name}"] = epochs
+            if int(epochs) > int(self._source_epochs.get(name, epochs)):
+                self.log(f"source {name}: epoch {int(epochs) + 1} begins (it repeats)")
+            self._source_epochs[name] = epochs
         return metrics
 
     def _eta(self) -> str:
@@ -412,8 +449,25 @@ class Trainer:
             f"validation at step {self.state.step}: loss {metrics['val/loss']:.4f} | "
             f"ppl {metrics['val/perplexity']:.2f}"
             + (f" | bpb {bpb:.4f}" if bpb is not None else "")
+            + "".join(
+                f" | {n} loss {metrics[f'val/{n}/loss']:.4f}" for n in self.validation_sources
+            )
         )
         return metrics
+
+
+def mixture_validation(
+    per_source: dict[str, dict[str, float]], weights: dict[str, float]
+) -> dict[str, float]:
+    """val/<name>/{loss,perplexity,tokens,bpb} per source and, as val/..., their weighted mean."""
+    out: dict[str, float] = {}
+    for name, metrics in per_source.items():
+        for key in VALIDATION_METRICS:
+            if key in metrics:
+                out[f"val/{name}/{'bpb' if key == 'bits_per_byte' else key}"] = metrics[key]
+    total = weighted_metrics(per_source, weights)
+    out.update({f"val/{k}": v for k, v in total.items() if k in VALIDATION_METRICS})
+    return out
 
 
 def _broadcast(value: str | None) -> str | None:

@@ -113,10 +113,11 @@ def build_dataset(
     train_units: int = 2,
     dtype: str = "uint16",
     tokenizer_hash: str = TOKENIZER_HASH,
+    text_start: int = 0,
 ) -> BuiltDataset:
-    """Shards + manifest.json under ``root`` from the first ``text_bytes`` of tinyshakespeare
-    (the last tenth of the documents is the validation split)."""
-    text = TINYSHAKESPEARE.read_text(encoding="utf-8")[:text_bytes]
+    """Shards + manifest.json under ``root`` from ``text_bytes`` of tinyshakespeare from
+    character ``text_start`` on (the last tenth of the documents is the validation split)."""
+    text = TINYSHAKESPEARE.read_text(encoding="utf-8")[text_start : text_start + text_bytes]
     docs = [d for d in text.split("\n\n") if d.strip()]
     n_val = max(len(docs) // 10, 1)
     train_docs, val_docs = docs[:-n_val], docs[-n_val:]

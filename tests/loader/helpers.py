@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pretrain.loader import TrainLoader
-from pretrain.loader.order import ShuffledPlan, StreamPlan
+from pretrain.loader.order import Plan, StreamPlan
 from tests.loader.shard_fixture import BuiltDataset
 
 
@@ -31,7 +31,7 @@ def make_loader(dataset: BuiltDataset, **overrides: Any) -> TrainLoader:
 
 
 def planned_tokens(
-    dataset: BuiltDataset, plan: StreamPlan | ShuffledPlan, stream: int, epochs: int
+    dataset: BuiltDataset, plan: Plan, stream: int, epochs: int
 ) -> np.ndarray:
     """The stream's text straight from the fixture's samples (no shard reading involved);
     contiguous order only."""

@@ -4,11 +4,11 @@ One 2-process ZeRO-3 bf16 job (gloo, CPU) builds a ~100M-parameter decoder, take
 step (so the Adam moments exist and are saved), then saves it repeatedly, interleaving:
 
 * **bare**: ``engine.save_checkpoint(root, tag)``, DeepSpeed alone (no hashes, no marker);
-* **trainer**: `pretrain.checkpoint.state.save`: the same DeepSpeed save, the per-rank trainer
-  state, the config files, each rank hashing its own files in parallel, the digests gathered
-  into ``COMMITTED`` and ``latest``;
-* **rank-0 hashing** (the previous protocol, for comparison): the DeepSpeed save, a barrier,
-  then rank 0 hashing every rank's files alone while the others wait.
+* **trainer**: `pretrain.checkpoint.state.save`: the same DeepSpeed save with every rank's
+  shards hashed as they are written, the per-rank trainer state, the config files (hashed by
+  their rank), the digests gathered into ``COMMITTED`` and ``latest``;
+* **rank-0 hashing** (the previous protocol, for comparison): DeepSpeed's save, a barrier,
+  then rank 0 reading and hashing every rank's files alone while the others wait.
 
 Each save is timed on rank 0 from a barrier before it to a barrier after it; the page cache is
 not dropped (a save's files are read back by its own hashing while still cached, as in a run).
@@ -61,7 +61,10 @@ def worker(repeats: int, root: str) -> None:
     from pretrain.distributed import engine as eng
     from pretrain.faults import Faults
 
-    config = load_config(ExperimentConfig, None, [*SHAPE, f"checkpoint.dir={root}/trainer"])
+    # keep_last above the save count: deleting an older step (pruning) is not part of a save,
+    # and the bare save deletes nothing either.
+    overrides = [*SHAPE, f"checkpoint.dir={root}/trainer", "checkpoint.keep_last=100"]
+    config = load_config(ExperimentConfig, None, overrides)
     engine = eng.initialize(config)
     rank = dist.get_rank()
     params = sum(p.ds_numel for p in engine.model.module.parameters())
@@ -84,27 +87,41 @@ def worker(repeats: int, root: str) -> None:
         return time.perf_counter() - started
 
     def bare() -> None:
-        eng.save_checkpoint(engine.model, f"{root}/bare", f"step_{state.step:07d}")
+        engine.model.save_checkpoint(f"{root}/bare", tag=f"step_{state.step:07d}")
+
+    def hashed_write() -> None:
+        eng.save_checkpoint(engine.model, f"{root}/hashed", f"step_{state.step:07d}")
 
     def trainer() -> None:
         train_checkpoint.save(engine, config, state, faults=Faults(), extra={})
 
     def rank0_hashing() -> None:
         directory = ckpt.step_dir(f"{root}/serial", state.step)
-        eng.save_checkpoint(engine.model, f"{root}/serial", directory.name)
+        engine.model.save_checkpoint(f"{root}/serial", tag=directory.name)
         dist.barrier()
         if rank == 0:
             ckpt.commit(directory, step=state.step, world_size=dist.get_world_size())
 
-    times: dict[str, list[float]] = {"bare": [], "trainer": [], "rank0_hashing": []}
+    times: dict[str, list[float]] = {
+        "bare": [],
+        "hashed_write": [],
+        "trainer": [],
+        "rank0_hashing": [],
+    }
+    variants = [
+        ("bare", bare),
+        ("hashed_write", hashed_write),
+        ("trainer", trainer),
+        ("rank0_hashing", rank0_hashing),
+    ]
     for repeat in range(repeats + 1):  # the first round warms up and is not counted
         state.step = repeat + 1
-        for name, action in (("bare", bare), ("trainer", trainer), ("rank0", rank0_hashing)):
+        for name, action in variants:
             seconds = timed(action)
             if repeat:
-                times["rank0_hashing" if name == "rank0" else name].append(seconds)
+                times[name].append(seconds)
         if rank == 0:  # keep one step of each on disk
-            for kind in ("bare", "serial"):
+            for kind in ("bare", "hashed", "serial", "trainer"):
                 shutil.rmtree(f"{root}/{kind}/step_{state.step - 1:07d}", ignore_errors=True)
     if rank == 0:
         size = sum(f.stat().st_size for f in Path(root, "bare").rglob("*") if f.is_file())

@@ -87,14 +87,21 @@ def owner_rank(name: str) -> int:
     return int(match.group(1)) if match else 0
 
 
-def hash_files(directory: Path, *, rank: int | None = None) -> dict[str, dict[str, Any]]:
+def hash_files(
+    directory: Path, *, rank: int | None = None, known: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
     """sha256 and size of the files of ``directory`` (those ``rank`` wrote, when given), keyed
-    by their path inside it: what `COMMITTED` records."""
-    return {
-        str(p.relative_to(directory)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
-        for p in _files_of(directory)
-        if rank is None or owner_rank(str(p.relative_to(directory))) == rank
-    }
+    by their path inside it: what `COMMITTED` records. ``known``: entries already hashed while
+    being written (keyed by relative path), taken as they are."""
+    known = known or {}
+    out = {}
+    for p in _files_of(directory):
+        name = str(p.relative_to(directory))
+        if name in known:
+            out[name] = known[name]
+        elif rank is None or owner_rank(name) == rank:
+            out[name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    return out
 
 
 def sha256_text(text: str) -> str:

@@ -64,17 +64,19 @@ def save(
         shutil.rmtree(directory, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    eng.save_checkpoint(engine.model, str(root), directory.name)
+    written = eng.save_checkpoint(engine.model, str(root), directory.name)
     faults.die_in_save(state.step, rank)
     ckpt.save_trainer_state(ckpt.trainer_state_path(directory, rank), state.to_dict())
     if rank == 0:
         save_config(config, directory / ckpt.CONFIG_FILE)
         (directory / ckpt.DS_CONFIG_FILE).write_text(json.dumps(engine.ds_config, indent=1))
-    # Each rank hashes the files it wrote, all at once (while they are still in its page cache),
-    # instead of rank 0 reading everyone's after a barrier; gathering the digests is also the
-    # point where every rank's files are known to be complete before the step is sealed.
+    # Each rank hashes the files it wrote, all at once: DeepSpeed's shards as they were written,
+    # its small files after; rank 0 no longer reads everyone's after a barrier. Gathering the
+    # digests is also the point where every rank's files are known to be complete, before the
+    # step is sealed.
+    known = {str(Path(path).relative_to(directory)): entry for path, entry in written.items()}
     digests: list[dict[str, Any] | None] = [None] * world_size
-    dist.all_gather_object(digests, ckpt.hash_files(directory, rank=rank))
+    dist.all_gather_object(digests, ckpt.hash_files(directory, rank=rank, known=known))
     if rank == 0:
         files = {name: entry for part in digests for name, entry in (part or {}).items()}
         ckpt.commit(directory, step=state.step, world_size=world_size, extra=extra, files=files)

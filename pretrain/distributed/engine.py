@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
 import io
 import logging
 import os
@@ -19,7 +20,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import deepspeed
 import torch
@@ -245,9 +246,52 @@ def initialize(config: ExperimentConfig) -> Engine:
     return Engine(engine, optimizer, ds_config)
 
 
-def save_checkpoint(engine: Any, root: str, tag: str) -> None:
-    """DeepSpeed's shards (ZeRO partitions of weights and optimizer) under ``root/tag``."""
-    engine.save_checkpoint(root, tag=tag, save_latest=False)
+class _HashingFile(io.RawIOBase):
+    """A file opened for writing that hashes what goes through it, so that a checkpoint's
+    sha256 costs no second read of the file."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.sha256.update(view)
+        self.size += view.nbytes
+        return self._file.write(view)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
+
+
+def save_checkpoint(engine: Any, root: str, tag: str) -> dict[str, dict[str, Any]]:
+    """DeepSpeed's shards (ZeRO partitions of weights and optimizer) under ``root/tag``; returns
+    the sha256 and size of every file this rank wrote, keyed by path, hashed as they were
+    written (DeepSpeed's checkpoint engine writes through `_HashingFile` for this call)."""
+    checkpoint_engine = engine.checkpoint_engine
+    written: dict[str, dict[str, Any]] = {}
+    zipfile = bool(getattr(checkpoint_engine, "zipfile_serialization", True))
+
+    def save(state_dict: Any, path: str) -> None:
+        with _HashingFile(path) as handle:
+            torch.save(state_dict, cast(IO[bytes], handle), _use_new_zipfile_serialization=zipfile)
+        written[str(path)] = {"sha256": handle.sha256.hexdigest(), "bytes": handle.size}
+
+    plain = type(checkpoint_engine).__name__ == "TorchCheckpointEngine"
+    if plain:  # other engines (async, NVMe) write their own way; those are hashed afterwards
+        checkpoint_engine.save = save
+    try:
+        engine.save_checkpoint(root, tag=tag, save_latest=False)
+    finally:
+        if plain:
+            del checkpoint_engine.save  # back to the class's method
+    return written
 
 
 def load_checkpoint(engine: Any, root: str, tag: str) -> None:

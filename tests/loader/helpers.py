@@ -30,9 +30,7 @@ def make_loader(dataset: BuiltDataset, **overrides: Any) -> TrainLoader:
     return TrainLoader(str(dataset.manifest), **args)
 
 
-def planned_tokens(
-    dataset: BuiltDataset, plan: Plan, stream: int, epochs: int
-) -> np.ndarray:
+def planned_tokens(dataset: BuiltDataset, plan: Plan, stream: int, epochs: int) -> np.ndarray:
     """The stream's text straight from the fixture's samples (no shard reading involved);
     contiguous order only."""
     assert isinstance(plan, StreamPlan)

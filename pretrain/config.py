@@ -188,6 +188,9 @@ class TrainConfig:
     checkpoint_every_n_layers: int = 2
     max_consecutive_skips: int = 5
     resume: str = "auto"  # auto | never | path of a checkpoint step directory
+    # Resume a checkpoint whose global batch (world size x micro_batch_size x grad_accum)
+    # differs: the epoch's unread samples are dealt out to the new streams (docs/launching.md).
+    allow_new_global_batch: bool = False
 
     def validate(self) -> None:
         for name in ("micro_batch_size", "grad_accum", "seq_len", "max_steps", "log_every"):

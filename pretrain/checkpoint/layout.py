@@ -77,16 +77,56 @@ def _files_of(directory: Path) -> list[Path]:
     )
 
 
+_OWNER = re.compile(r"(?:zero_pp_rank_|trainer_state_rank)(\d+)")
+
+
+def owner_rank(name: str) -> int:
+    """The rank that wrote a file of a step: DeepSpeed's ZeRO partitions and the trainer state
+    name their rank; everything else (the model states without ZeRO, configs) is rank 0's."""
+    match = _OWNER.search(Path(name).name)
+    return int(match.group(1)) if match else 0
+
+
+def hash_files(
+    directory: Path, *, rank: int | None = None, known: dict[str, dict[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """sha256 and size of the files of ``directory`` (those ``rank`` wrote, when given), keyed
+    by their path inside it: what `COMMITTED` records. ``known``: entries already hashed while
+    being written (keyed by relative path), taken as they are."""
+    known = known or {}
+    out = {}
+    for p in _files_of(directory):
+        name = str(p.relative_to(directory))
+        if name in known:
+            out[name] = known[name]
+        elif rank is None or owner_rank(name) == rank:
+            out[name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    return out
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def seal(
+    directory: Path, fields: dict[str, Any], files: dict[str, dict[str, Any]] | None = None
+) -> None:
+    """Write ``directory``'s marker: ``fields`` plus the hash of every file (``files`` when the
+    ranks hashed them already, else hashed here)."""
+    marker = {**fields, "files": hash_files(directory) if files is None else files}
+    _write_atomically(directory / MARKER, json.dumps(marker, indent=1, sort_keys=True).encode())
+
+
 def commit(
-    directory: Path, *, step: int, world_size: int, extra: dict[str, Any] | None = None
+    directory: Path,
+    *,
+    step: int,
+    world_size: int,
+    extra: dict[str, Any] | None = None,
+    files: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Seal a fully written step directory (rank 0, after every rank has finished writing)."""
-    files = {
-        str(p.relative_to(directory)): {"sha256": _sha256(p), "bytes": p.stat().st_size}
-        for p in _files_of(directory)
-    }
-    marker = {"step": step, "world_size": world_size, "files": files, **(extra or {})}
-    _write_atomically(directory / MARKER, json.dumps(marker, indent=1, sort_keys=True).encode())
+    seal(directory, {"step": step, "world_size": world_size, **(extra or {})}, files)
     _write_atomically(directory.parent / LATEST, f"{directory.name}\n".encode())
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from data_pipeline.configuration import ConfigError, load_config, save_config
 from pretrain.checkpoint import layout as ckpt
+from pretrain.checkpoint import universal
 from pretrain.config import ExperimentConfig
 from pretrain.distributed import engine as eng
 from pretrain.faults import Faults
@@ -62,15 +64,22 @@ def save(
         shutil.rmtree(directory, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    eng.save_checkpoint(engine.model, str(root), directory.name)
+    written = eng.save_checkpoint(engine.model, str(root), directory.name)
     faults.die_in_save(state.step, rank)
     ckpt.save_trainer_state(ckpt.trainer_state_path(directory, rank), state.to_dict())
     if rank == 0:
         save_config(config, directory / ckpt.CONFIG_FILE)
         (directory / ckpt.DS_CONFIG_FILE).write_text(json.dumps(engine.ds_config, indent=1))
-    dist.barrier()  # every rank's files are complete before the step is sealed
+    # Each rank hashes the files it wrote, all at once: DeepSpeed's shards as they were written,
+    # its small files after; rank 0 no longer reads everyone's after a barrier. Gathering the
+    # digests is also the point where every rank's files are known to be complete, before the
+    # step is sealed.
+    known = {str(Path(path).relative_to(directory)): entry for path, entry in written.items()}
+    digests: list[dict[str, Any] | None] = [None] * world_size
+    dist.all_gather_object(digests, ckpt.hash_files(directory, rank=rank, known=known))
     if rank == 0:
-        ckpt.commit(directory, step=state.step, world_size=world_size, extra=extra)
+        files = {name: entry for part in digests for name, entry in (part or {}).items()}
+        ckpt.commit(directory, step=state.step, world_size=world_size, extra=extra, files=files)
         ckpt.prune(root, config.checkpoint.keep_last)
     dist.barrier()
     return directory
@@ -99,7 +108,9 @@ def choose_resume_point(config: ExperimentConfig) -> ckpt.ResumePoint | None:
 
 
 def check_compatible(point: ckpt.ResumePoint, config: ExperimentConfig) -> list[str]:
-    """Refuse a checkpoint whose run cannot continue as this config; return allowed changes."""
+    """Refuse a checkpoint whose run cannot continue as this config; return allowed changes.
+
+    Called before any rank loads weights, so a refusal costs nothing."""
     try:
         saved = load_config(ExperimentConfig, point.directory / ckpt.CONFIG_FILE)
     except ConfigError as err:
@@ -112,18 +123,62 @@ def check_compatible(point: ckpt.ResumePoint, config: ExperimentConfig) -> list[
             + "\n  ".join(fatal)
             + "\nStart a new run (new checkpoint.dir or train.resume=never) or undo the change."
         )
+    saved_world, world = int(point.marker["world_size"]), dist.get_world_size()
+    before = _streams(saved.train.micro_batch_size, saved.train.grad_accum, saved_world)
+    after = _streams(config.train.micro_batch_size, config.train.grad_accum, world)
+    if before != after and not config.train.allow_new_global_batch:
+        # The loader's streams are global (stream g reads a fixed range of each epoch), so the
+        # data order carries over exactly only while their number does.
+        raise ckpt.CheckpointError(
+            f"the checkpoint at {point.directory} was trained with a global batch of {before} "
+            f"sequences ({_shape(saved.train, saved_world)}), this run has {after} "
+            f"({_shape(config.train, world)}): resuming with another global batch is refused. "
+            "Keep world_size x micro_batch_size x grad_accum the same (e.g. double grad_accum "
+            "when halving the ranks), or set train.allow_new_global_batch=true to deal the "
+            "epoch's unread samples out to the new batch's streams."
+        )
+    if before != after:
+        allowed.insert(0, f"global batch: {before} -> {after} sequences")
+    if saved_world != world:
+        allowed.insert(0, f"world size: {saved_world} -> {world}")
     return allowed
 
 
-def load(engine: eng.Engine, point: ckpt.ResumePoint, config: ExperimentConfig) -> TrainerState:
-    eng.load_checkpoint(engine.model, str(point.directory.parent), point.directory.name)
+def _streams(micro_batch_size: int, grad_accum: int, world_size: int) -> int:
+    return micro_batch_size * grad_accum * world_size
+
+
+def _shape(train: Any, world_size: int) -> str:
+    return (
+        f"world size {world_size} x micro_batch_size {train.micro_batch_size} x "
+        f"grad_accum {train.grad_accum}"
+    )
+
+
+def load(
+    engine: eng.Engine,
+    point: ckpt.ResumePoint,
+    config: ExperimentConfig,
+    faults: Faults | None = None,
+) -> TrainerState:
     rank, world_size = dist.get_rank(), dist.get_world_size()
     saved_world = int(point.marker["world_size"])
+    if saved_world == world_size or not _partitioned(point):
+        eng.load_checkpoint(engine.model, str(point.directory.parent), point.directory.name)
+    else:
+        # ZeRO's partitions are cut for the saved world size: go through DeepSpeed's universal
+        # checkpoint, converted once by rank 0 while the others wait.
+        universal_dir = _broadcast_result(lambda: str(universal.ensure_universal(point, faults)))
+        eng.load_universal_checkpoint(
+            engine.model, str(Path(universal_dir).parent), Path(universal_dir).name
+        )
     if saved_world == world_size:
         raw = ckpt.load_trainer_state(ckpt.trainer_state_path(point.directory, rank))
-        return TrainerState(**raw)
-    # Another world size: the loader re-derives positions from every rank's streams; memory
-    # rows belong to streams that now live elsewhere, so memory restarts empty.
+        streams = _streams(config.train.micro_batch_size, config.train.grad_accum, world_size)
+        if raw["loader"].get("num_streams", streams) == streams:
+            return TrainerState(**raw)
+    # Another world size or global batch: the loader re-derives positions from every rank's
+    # streams; memory rows belong to streams that now live elsewhere, so memory restarts empty.
     states = [
         ckpt.load_trainer_state(ckpt.trainer_state_path(point.directory, r))
         for r in range(saved_world)
@@ -141,3 +196,26 @@ def load(engine: eng.Engine, point: ckpt.ResumePoint, config: ExperimentConfig) 
         rng=head["rng"],
         run_id=head["run_id"],
     )
+
+
+def _partitioned(point: ckpt.ResumePoint) -> bool:
+    """Whether the step holds ZeRO partitions (stage 1-3); without ZeRO every rank saved and
+    loads the whole model and optimizer, at any world size."""
+    return any(point.directory.glob("*zero_pp_rank_*"))
+
+
+def _broadcast_result(work: Callable[[], str]) -> str:
+    """``work()`` on rank 0, its answer on every rank; its error raised on every rank too, so no
+    rank is left waiting for a conversion that failed."""
+    box: list[tuple[str, str] | None] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", work())
+        except Exception as err:
+            box[0] = ("error", f"{type(err).__name__}: {err}")
+    dist.broadcast_object_list(box, src=0)
+    assert box[0] is not None
+    status, value = box[0]
+    if status == "error":
+        raise ckpt.CheckpointError(f"the universal checkpoint conversion failed on rank 0: {value}")
+    return value

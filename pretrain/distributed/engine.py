@@ -8,8 +8,10 @@ Model code stays free of parallelism; the trainer talks to the engine returned h
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
+import hashlib
 import io
 import logging
 import os
@@ -18,7 +20,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import deepspeed
 import torch
@@ -244,9 +246,52 @@ def initialize(config: ExperimentConfig) -> Engine:
     return Engine(engine, optimizer, ds_config)
 
 
-def save_checkpoint(engine: Any, root: str, tag: str) -> None:
-    """DeepSpeed's shards (ZeRO partitions of weights and optimizer) under ``root/tag``."""
-    engine.save_checkpoint(root, tag=tag, save_latest=False)
+class _HashingFile(io.RawIOBase):
+    """A file opened for writing that hashes what goes through it, so that a checkpoint's
+    sha256 costs no second read of the file."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        self.sha256.update(view)
+        self.size += view.nbytes
+        return self._file.write(view)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
+
+
+def save_checkpoint(engine: Any, root: str, tag: str) -> dict[str, dict[str, Any]]:
+    """DeepSpeed's shards (ZeRO partitions of weights and optimizer) under ``root/tag``; returns
+    the sha256 and size of every file this rank wrote, keyed by path, hashed as they were
+    written (DeepSpeed's checkpoint engine writes through `_HashingFile` for this call)."""
+    checkpoint_engine = engine.checkpoint_engine
+    written: dict[str, dict[str, Any]] = {}
+    zipfile = bool(getattr(checkpoint_engine, "zipfile_serialization", True))
+
+    def save(state_dict: Any, path: str) -> None:
+        with _HashingFile(path) as handle:
+            torch.save(state_dict, cast(IO[bytes], handle), _use_new_zipfile_serialization=zipfile)
+        written[str(path)] = {"sha256": handle.sha256.hexdigest(), "bytes": handle.size}
+
+    plain = type(checkpoint_engine).__name__ == "TorchCheckpointEngine"
+    if plain:  # other engines (async, NVMe) write their own way; those are hashed afterwards
+        checkpoint_engine.save = save
+    try:
+        engine.save_checkpoint(root, tag=tag, save_latest=False)
+    finally:
+        if plain:
+            del checkpoint_engine.save  # back to the class's method
+    return written
 
 
 def load_checkpoint(engine: Any, root: str, tag: str) -> None:
@@ -255,6 +300,58 @@ def load_checkpoint(engine: Any, root: str, tag: str) -> None:
     )
     if path is None:
         raise RuntimeError(f"DeepSpeed found no checkpoint under {root}/{tag}")
+
+
+def convert_to_universal(step: Path, out: Path) -> None:
+    """DeepSpeed's universal checkpoint of the step directory ``step``, written to ``out``: every
+    parameter's fp32 weights and Adam moments whole, one folder per parameter (``out/zero/``),
+    which a DeepSpeed engine of any data-parallel size can load (`load_universal_checkpoint`).
+
+    In-process and serial (one worker): the conversion runs on rank 0 of a live job, where a
+    process pool would fork a process holding the process group. DeepSpeed print()s its progress
+    (and tqdm bars on stderr); they are passed on at DEBUG."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    args = argparse.Namespace(
+        input_folder=str(step),
+        output_folder=str(out),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=False,
+    )
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        ds_to_universal.main(args)
+    for line in printed.getvalue().splitlines():
+        logger.debug("%s", line)
+    # The converter points a `latest_universal` file beside its output; nothing here reads it.
+    (out.parent / "latest_universal").unlink(missing_ok=True)
+
+
+def load_universal_checkpoint(engine: Any, root: str, tag: str) -> None:
+    """Load the universal checkpoint ``root/tag`` (`convert_to_universal`) into ``engine``,
+    whatever data-parallel size wrote the original: each rank cuts its own ZeRO partitions of
+    the weights and Adam moments out of the whole tensors.
+
+    DeepSpeed reads its ``checkpoint.load_universal`` switch when loading, so it is turned on
+    for this one load (the engine was built before the trainer knew which checkpoint it would
+    resume). Its ZeRO-3 loader also copies the first param group's hyperparameters onto every
+    group, which would put weight decay on the groups exempt from it: each group's own
+    hyperparameters (besides the learning rate, set every step) are put back afterwards."""
+    groups = [
+        {k: v for k, v in group.items() if k != "params"} for group in engine.optimizer.param_groups
+    ]
+    config = engine._config
+    before = config.load_universal_checkpoint
+    config.load_universal_checkpoint = True
+    try:
+        load_checkpoint(engine, root, tag)
+    finally:
+        config.load_universal_checkpoint = before
+    for group, saved in zip(engine.optimizer.param_groups, groups, strict=True):
+        group.update(saved)
 
 
 def read_zero_checkpoint(root: str, tag: str) -> dict[str, torch.Tensor]:

@@ -20,8 +20,9 @@ from typing import Any, Literal
 from pretrain.config import DataConfig
 from pretrain.loader.collate import Batch, Objective
 from pretrain.loader.dataset import SplitReader
-from pretrain.loader.order import ShuffledPlan, StreamPlan, seed_int
+from pretrain.loader.order import Plan, ShuffledPlan, StreamPlan, seed_int
 from pretrain.loader.prefetch import Prefetcher
+from pretrain.loader.replan import TransitionPlan
 from pretrain.loader.state import LoaderStateError, make_state, order_of, positions_for
 from pretrain.loader.stream import Position, TokenStream
 
@@ -92,7 +93,7 @@ class TrainLoader(SplitReader):
                 f"{self.num_streams} streams (world_size x micro_batch_size x grad_accum); "
                 "prepare more data or a smaller chunk_len"
             )
-        self.plan: StreamPlan | ShuffledPlan
+        self.plan: Plan
         self.order: Order = resolve_order(self.data_config.order, mem_len)
         self._mem_len = mem_len
         self._set_order(self.order)
@@ -103,7 +104,6 @@ class TrainLoader(SplitReader):
         self._prefetcher: Prefetcher[Step] | None = None
 
     def _set_order(self, order: Order) -> None:
-        split = self.source.split
         chunk_len = self.source.manifest.chunk_len
         _, advance = self.collator.segment_tokens(self.seq_len)
         if self.data_config.window_shift != "none" and (
@@ -118,36 +118,47 @@ class TrainLoader(SplitReader):
                 UserWarning,
                 stacklevel=3,
             )
-        if order == "contiguous":
-            self.plan = StreamPlan(
-                split.shards,
-                fingerprint=self.fingerprint,
-                seed=self.seed,
-                num_streams=self.num_streams,
+        if order == "shuffled" and advance <= chunk_len and chunk_len % advance:
+            warnings.warn(
+                f"shuffled order with seq_len {self.seq_len} not dividing chunk_len "
+                f"{chunk_len}: each sample's last window has {chunk_len % advance} tokens and "
+                "is padded (no loss there); a seq_len that divides chunk_len wastes nothing",
+                UserWarning,
+                stacklevel=3,
             )
-            self._layout: list[int] | None = None
-        else:
-            window = advance if advance <= chunk_len else None
-            if window is not None and chunk_len % window:
-                warnings.warn(
-                    f"shuffled order with seq_len {self.seq_len} not dividing chunk_len "
-                    f"{chunk_len}: each sample's last window has {chunk_len % window} tokens and "
-                    "is padded (no loss there); a seq_len that divides chunk_len wastes nothing",
-                    UserWarning,
-                    stacklevel=3,
-                )
-            plan = ShuffledPlan(
-                split.shards,
-                fingerprint=self.fingerprint,
-                seed=self.seed,
-                num_streams=self.num_streams,
-                chunk_len=chunk_len,
-                window_len=window,
-                block_samples=self.data_config.shuffle_buffer_tokens // chunk_len,
-                shift_windows=self.data_config.window_shift == "epoch",
-            )
-            self.plan, self._layout = plan, plan.layout
         self.order = order
+        self.plan = self._base_plan(self.num_streams)
+        self._layout = self.plan.layout if isinstance(self.plan, ShuffledPlan) else None
+        self._transition: dict[str, Any] | None = None
+
+    def _base_plan(self, num_streams: int) -> StreamPlan | ShuffledPlan:
+        """The order's plan for ``num_streams`` streams over the split."""
+        split = self.source.split
+        if self.order == "contiguous":
+            return StreamPlan(
+                split.shards, fingerprint=self.fingerprint, seed=self.seed, num_streams=num_streams
+            )
+        chunk_len = self.source.manifest.chunk_len
+        _, advance = self.collator.segment_tokens(self.seq_len)
+        return ShuffledPlan(
+            split.shards,
+            fingerprint=self.fingerprint,
+            seed=self.seed,
+            num_streams=num_streams,
+            chunk_len=chunk_len,
+            window_len=advance if advance <= chunk_len else None,
+            block_samples=self.data_config.shuffle_buffer_tokens // chunk_len,
+            shift_windows=self.data_config.window_shift == "epoch",
+        )
+
+    def _plan_with(self, transition: dict[str, Any] | None, num_streams: int) -> Plan:
+        """The plan of ``num_streams`` streams after the global-batch changes ``transition``
+        records (nested: each holds the streams and positions of the loader before it)."""
+        if transition is None:
+            return self._base_plan(num_streams)
+        old = self._plan_with(transition.get("transition"), int(transition["num_streams"]))
+        positions = {int(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in transition["streams"]}
+        return TransitionPlan(old, self._base_plan(num_streams), positions)
 
     # -- what the trainer reads about the data -------------------------------------------
 
@@ -215,7 +226,7 @@ class TrainLoader(SplitReader):
 
     def state_dict(self) -> dict[str, Any]:
         """Positions after the last step returned by `next_step` (not the read-ahead)."""
-        return make_state(
+        state = make_state(
             fingerprint=self.fingerprint,
             split=self.source.split.name,
             seed=self.seed,
@@ -224,13 +235,22 @@ class TrainLoader(SplitReader):
             order=self.order,
             layout=self._layout,
         )
+        if self._transition is not None:
+            state["transition"] = self._transition
+        return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, allow_new_streams: bool = False) -> None:
         """Continue from ``state`` (this rank's, or `merge_states` of all ranks' states).
 
         With ``data_config.order`` "auto", a state in the other order (e.g. a checkpoint taken
-        before shuffled order existed) is continued in its own order, with a warning.
+        before shuffled order existed) is continued in its own order, with a warning. A state
+        with another stream count (a new global batch) is refused unless ``allow_new_streams``
+        and it holds every old stream (`merge_states`): the unread units are then dealt out to
+        this loader's streams (`pretrain.loader.replan`).
         """
+        if allow_new_streams and state.get("num_streams") != self.num_streams:
+            self._load_new_streams(state)
+            return
         saved_order, _ = order_of(state)
         if self.data_config.order == "auto" and saved_order != self.order:
             if saved_order not in ("contiguous", "shuffled"):
@@ -255,4 +275,33 @@ class TrainLoader(SplitReader):
             layout=self._layout,
         )
         self._stop()
+        self._transition = state.get("transition")
+        self.plan = self._plan_with(self._transition, self.num_streams)
         self._positions = positions
+
+    def _load_new_streams(self, state: dict[str, Any]) -> None:
+        if self.plan.window_len and self.data_config.window_shift != "none":
+            raise LoaderStateError(
+                "a new global batch cannot be resumed with data.window_shift=epoch (shifted "
+                "windows of two epochs cannot be dealt out together); resume with the "
+                "checkpoint's global batch"
+            )
+        old_streams = int(state["num_streams"])
+        positions_for(  # the state is this data's, in this order, with every old stream
+            state,
+            fingerprint=self.fingerprint,
+            split=self.source.split.name,
+            seed=self.seed,
+            num_streams=old_streams,
+            streams=range(old_streams),
+            order=self.order,
+            layout=self._layout,
+        )
+        transition: dict[str, Any] = {"num_streams": old_streams, "streams": state["streams"]}
+        if "transition" in state:
+            transition["transition"] = state["transition"]
+        plan = self._plan_with(transition, self.num_streams)
+        assert isinstance(plan, TransitionPlan)
+        self._stop()
+        self.plan, self._transition = plan, transition
+        self._positions = {g: (plan.first_epoch, 0, 0) for g in self.stream_ids}

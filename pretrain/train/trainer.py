@@ -131,6 +131,7 @@ class Trainer:
             run_id=None,
         )
         self.preemption = PreemptionFlag()
+        self.resume_changes: list[str] = []  # set by resume(), logged to the run
         self.fp16_overflows = 0
         self._source_epochs: dict[str, float] = {}
         self.loop_started, self.loop_first_step = time.perf_counter(), 0  # set again by train()
@@ -271,13 +272,16 @@ class Trainer:
         if point is None:
             return
         changes = train_checkpoint.check_compatible(point, self.config)
-        self.state = train_checkpoint.load(self.engine, point, self.config)
-        self.loader.load_state_dict(self.state.loader)
+        self.state = train_checkpoint.load(self.engine, point, self.config, self.faults)
+        self.loader.load_state_dict(
+            self.state.loader, allow_new_streams=self.config.train.allow_new_global_batch
+        )
         if len(self.state.mems) != self.config.train.grad_accum:
             self.state.mems = [[] for _ in range(self.config.train.grad_accum)]
         self.state.mems = [[m.to(self.device) for m in slot] for slot in self.state.mems]
         ckpt.restore_rng_state(self.state.rng)
         self.log(f"resumed from step {point.step} ({point.directory})")
+        self.resume_changes = [f"resumed from step {point.step}", *changes]
         for line in changes:
             self.log(f"  changed since the checkpoint: {line}")
 
@@ -311,6 +315,12 @@ class Trainer:
             summary = _manifest_summary(self.loader.source.manifest)
             self.tracker.log_text(_json(summary), "data/manifest_summary.json")
             self.tracker.log_text(_json(summary["tokenizer"]), "data/tokenizer.json")
+            if self.resume_changes:
+                # What a resumed run changed (world size, batch shape, ...), kept with the run.
+                self.tracker.log_text(
+                    "\n".join(self.resume_changes) + "\n",
+                    f"resumes/step_{self.state.step:07d}.txt",
+                )
         last: dict[str, float] = {}
         saved_at = self.state.step
         try:

@@ -38,6 +38,27 @@ def test_commit_records_every_file_and_points_latest(tmp_path: Path) -> None:
     assert ckpt.verify(directory) == []
 
 
+def test_each_rank_hashes_only_its_own_files_and_together_they_cover_the_step(
+    tmp_path: Path,
+) -> None:
+    directory = write_step(tmp_path, 7, commit=False)
+    for rank in range(2):  # the names DeepSpeed gives each rank's ZeRO partitions
+        (directory / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt").write_bytes(b"m%d" % rank)
+        (directory / f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"o")
+    parts = [ckpt.hash_files(directory, rank=rank) for rank in range(2)]
+    assert set(parts[1]) == {
+        "trainer_state_rank1.pt",
+        "zero_pp_rank_1_mp_rank_00_model_states.pt",
+        "bf16_zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    }
+    assert "shards/model.pt" in parts[0]  # a file no rank's name claims is rank 0's
+    assert not set(parts[0]) & set(parts[1])
+    gathered = {**parts[0], **parts[1]}
+    assert gathered == ckpt.hash_files(directory)
+    ckpt.commit(directory, step=7, world_size=2, files=gathered)
+    assert ckpt.verify(directory) == []
+
+
 def test_uncommitted_step_is_never_resumed(tmp_path: Path) -> None:
     write_step(tmp_path, 100)
     write_step(tmp_path, 200, commit=False)  # as if killed mid-save

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pretrain.loader import TrainLoader
-from pretrain.loader.order import ShuffledPlan, StreamPlan
+from pretrain.loader.order import Plan, StreamPlan
 from tests.loader.shard_fixture import BuiltDataset
 
 
@@ -30,9 +30,7 @@ def make_loader(dataset: BuiltDataset, **overrides: Any) -> TrainLoader:
     return TrainLoader(str(dataset.manifest), **args)
 
 
-def planned_tokens(
-    dataset: BuiltDataset, plan: StreamPlan | ShuffledPlan, stream: int, epochs: int
-) -> np.ndarray:
+def planned_tokens(dataset: BuiltDataset, plan: Plan, stream: int, epochs: int) -> np.ndarray:
     """The stream's text straight from the fixture's samples (no shard reading involved);
     contiguous order only."""
     assert isinstance(plan, StreamPlan)

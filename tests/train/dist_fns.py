@@ -34,3 +34,28 @@ def steps_with_saved_activation_bytes(
     finally:
         trainer.loader.close()
     return {"losses": losses, "saved_bytes": peaks}
+
+
+def resumed_state(config_path: str, overrides: list[str]) -> dict[str, object]:
+    """Resume the newest checkpoint (as `pretrain train` would, at this world size) and return,
+    on every rank, each parameter's whole fp32 master weight and Adam moments as the engine now
+    holds them (gathered from the ZeRO partitions), plus the loader's first batches after it."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    config = load_config(ExperimentConfig, config_path, overrides)
+    trainer = Trainer(config)
+    try:
+        trainer.resume()
+        tensors: dict[str, torch.Tensor] = {}
+        for name, param in trainer.engine.model.module.named_parameters():
+            tensors[f"{name}/fp32"] = safe_get_full_fp32_param(param).clone()
+            for key in ("exp_avg", "exp_avg_sq"):
+                tensors[f"{name}/{key}"] = safe_get_full_optimizer_state(param, key).clone()
+        groups = [
+            {k: float(v) for k, v in g.items() if k in ("weight_decay", "eps")}
+            for g in trainer.engine.model.optimizer.param_groups
+        ]
+        batches = [b["input_ids"].clone() for b in trainer.loader.next_step()]
+    finally:
+        trainer.loader.close()
+    return {"step": trainer.state.step, "tensors": tensors, "groups": groups, "batches": batches}

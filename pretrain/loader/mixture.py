@@ -336,8 +336,12 @@ class MixtureLoader:
             "sources": sources,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], *, allow_new_streams: bool = False) -> None:
         """Continue from ``state`` (this rank's, or `merge_states` of all ranks' states).
+
+        A new stream count (``train.allow_new_global_batch``) is not supported for a mixture
+        yet: the per-source re-plan and the schedule's phases would both have to move, so it is
+        refused, naming the flag, rather than read some samples twice.
 
         A changed mixture (weights, sources added or removed, a source's data changed) is
         refused unless ``data.allow_mixture_change``; then sources kept with the same data
@@ -351,6 +355,12 @@ class MixtureLoader:
         if state.get("format") != STATE_FORMAT:
             raise LoaderStateError(
                 f"loader state format {state.get('format')!r} is not {STATE_FORMAT}"
+            )
+        if allow_new_streams and state.get("num_streams") != self.num_streams:
+            raise LoaderStateError(
+                f"train.allow_new_global_batch: a mixture run cannot change its stream count "
+                f"({state.get('num_streams')} -> {self.num_streams}) yet; keep world_size x "
+                "micro_batch_size x grad_accum"
             )
         if state["seed"] != self.seed or state["num_streams"] != self.num_streams:
             raise LoaderStateError(

@@ -42,7 +42,6 @@ EXIT_CODES: list[tuple[str, str, int]] = [
     ("pretrain.loader.state", "LoaderStateError", 1),
     ("pretrain.train.trainer", "NonFiniteLossError", 1),
     ("pretrain.checkpoint.tokenizer", "TokenizerMismatchError", 1),
-    ("pretrain.export.hf", "UnsupportedExportError", 1),
     ("pretrain.pretrained", "ExportFormatError", 1),
 ]
 # evaluate, export and generate also report ValueError (e.g. streams that do not divide over

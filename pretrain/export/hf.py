@@ -34,12 +34,6 @@ from torch import Tensor
 from pretrain.config import ModelConfig
 from pretrain.export.package import AUTO_CLASSES, auto_map, write_package
 
-WEIGHTS_FILE = "model.safetensors"
-
-
-class UnsupportedExportError(ValueError):
-    """The model has no exact Hugging Face counterpart."""
-
 
 def architecture(config: ModelConfig) -> str:
     """'gpt2' or 'llama' where one of those is exactly our model, else 'mnemos' (our own

@@ -155,7 +155,16 @@ def test_hf_route_runs_on_the_exported_decoder(
     assert main(["export", str(xl_run.checkpoints), str(out), "--format", "hf"]) == 0
     documents, _ = _validation_documents(xl_run)
     tasks = _tasks(tmp_path, documents[:20])
-    results = _run("hf", f"pretrained={out},trust_remote_code=True,dtype=float32", tasks)
+    # max_length: one window for every request (lm-eval's default is the model's max_seq_len,
+    # 64 here, and it cuts the context to fit).
+    args = f"pretrained={out},trust_remote_code=True,dtype=float32,max_length=4096"
+    results = _run("hf", args, tasks)
     assert math.isfinite(results["mnemos_rolling"]["bits_per_byte,none"])
     assert 0.0 <= results["mnemos_next_line"]["acc,none"] <= 1.0
+    # In one window without memory the mnemos route scores each line pair as the hf route does
+    # (measured: log-likelihoods within 1.3e-5 nats of each other).
+    mnemos = _run("mnemos", f"checkpoint={xl_run.checkpoints},mem_len=0,seq_len=4096", tasks)
+    assert results["mnemos_next_line"]["perplexity,none"] == pytest.approx(
+        mnemos["mnemos_next_line"]["perplexity,none"], rel=1e-4
+    )
     assert torch.isfinite(torch.tensor(results["mnemos_rolling"]["word_perplexity,none"]))

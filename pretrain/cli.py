@@ -42,7 +42,6 @@ EXIT_CODES: list[tuple[str, str, int]] = [
     ("pretrain.loader.state", "LoaderStateError", 1),
     ("pretrain.train.trainer", "NonFiniteLossError", 1),
     ("pretrain.checkpoint.tokenizer", "TokenizerMismatchError", 1),
-    ("pretrain.export.hf", "UnsupportedExportError", 1),
     ("pretrain.pretrained", "ExportFormatError", 1),
 ]
 # evaluate, export and generate also report ValueError (e.g. streams that do not divide over
@@ -185,6 +184,7 @@ EXPORT_EXAMPLES = """examples:
   pretrain export runs/shakespeare_xl/checkpoints exports/shakespeare_xl
   pretrain export runs/shakespeare_xl/checkpoints exports/xl_step200 --step 200
   pretrain export runs/gpt2_small/checkpoints exports/gpt2_hf --format hf
+  pretrain export runs/shakespeare_xl/checkpoints exports/xl_hf --format hf --dtype bf16
   pretrain export runs/shakespeare_xl/checkpoints exports/xl --register shakespeare-xl
   python -c "from pretrain.pretrained import load_pretrained; print(load_pretrained('exports/xl'))"
 """
@@ -198,11 +198,18 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
         "--format",
         choices=["native", "hf"],
         default="native",
-        help="native: load_pretrained(OUT), no DeepSpeed needed (default); hf: Hugging Face "
-        "GPT-2 / Llama layout for transformers, vLLM, lm-evaluation-harness",
+        help="native: load_pretrained(OUT), no DeepSpeed needed (default); hf: transformers' "
+        "layout (GPT-2 / Llama where exact, else our modelling code, trust_remote_code=True)",
     )
     parser.add_argument(
         "--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="weights' dtype"
+    )
+    parser.add_argument(
+        "--max-shard-size",
+        default="5GB",
+        metavar="SIZE",
+        help="hf format: split the weights into safetensors shards of at most SIZE "
+        "(e.g. 2GB, 500MB), with an index (default: 5GB)",
     )
     parser.add_argument(
         "--tokenizer",

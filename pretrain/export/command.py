@@ -2,8 +2,9 @@
 
 Recipe: verify the step → consolidate the ZeRO shards (fp32 master weights) → find the
 tokenizer and check its hash against the dataset's → write the native format
-(`pretrain.pretrained`) or, for decoders Hugging Face can express, the HF format
-(`pretrain.export.hf`) → optionally register the directory in MLflow's model registry.
+(`pretrain.pretrained`) or the HF format (`pretrain.export.hf`: GPT-2 / Llama where exact, else
+our generated modelling code; the tokenizer for AutoTokenizer by `pretrain.export.hf_tokenizer`)
+→ optionally register the directory in MLflow's model registry.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from data_pipeline.tokenizer import Tokenizer
 from pretrain.checkpoint.reading import (
     Checkpoint,
     consolidated_state_dict,
@@ -25,7 +27,8 @@ from pretrain.checkpoint.tokenizer import (
     manifest_tokenizer,
     training_manifest,
 )
-from pretrain.export.hf import architecture, save_hf
+from pretrain.export.hf import save_hf
+from pretrain.export.hf_tokenizer import write_hf_tokenizer
 from pretrain.model.build import DTYPES
 from pretrain.pretrained import INFO_FILE, TOKENIZER_DIR, save_pretrained
 
@@ -49,11 +52,10 @@ def export(
     fmt: str = "native",
     dtype: str = "fp32",
     tokenizer_path: str | None = None,
+    max_shard_size: str = "5GB",
 ) -> dict[str, Any]:
     """Write ``checkpoint`` under ``out``; returns what export.json records."""
     config = checkpoint.config
-    if fmt == "hf":
-        architecture(config.model)  # refuse before the (slow) consolidation
     manifest = training_manifest(data_manifest_url(checkpoint.saved_config.data))
     tokenizer = manifest_tokenizer(manifest, tokenizer_path)
     state = consolidated_state_dict(checkpoint)
@@ -63,36 +65,38 @@ def export(
         model = model_from_state(config, state, DTYPES[dtype])
         save_pretrained(model, out, tokenizer_dir=tokenizer.path, info=info)
         return {"format": "mnemos", **info}
-    arch = save_hf(config.model, state, out, special_ids=manifest.special_ids, dtype=DTYPES[dtype])
+    arch = save_hf(
+        config.model,
+        state,
+        out,
+        special_ids=manifest.special_ids,
+        dtype=DTYPES[dtype],
+        max_shard_size=max_shard_size,
+    )
     # The native tokenizer artifact travels along (our `Tokenizer` loads it); HF tokenizers'
     # own file also serves transformers directly.
     shutil.rmtree(out / TOKENIZER_DIR, ignore_errors=True)
     shutil.copytree(tokenizer.path, out / TOKENIZER_DIR)
-    if tokenizer.kind.startswith("hf_"):
-        _write_hf_tokenizer(out, Path(tokenizer.path), tokenizer.meta)
+    write_hf_tokenizer(
+        out, Tokenizer.load(str(tokenizer.path)), model_max_length=config.model.max_seq_len
+    )
     notes = []
-    if config.model.mem_len:
-        notes.append(
-            f"trained with a {config.model.mem_len}-token memory; the HF model attends within "
-            "its context window only"
-        )
+    if arch == "mnemos":
+        notes.append("load with trust_remote_code=True (modelling code in this folder)")
     record = {"format": "hf", "architecture": arch, "notes": notes, **info}
     (out / INFO_FILE).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
 
 
-def _write_hf_tokenizer(out: Path, artifact: Path, meta: dict[str, Any]) -> None:
-    """tokenizer.json + tokenizer_config.json, what transformers' AutoTokenizer reads."""
-    shutil.copyfile(artifact / meta["model_file"], out / "tokenizer.json")
-    (out / "tokenizer_config.json").write_text(
-        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast"}, indent=1) + "\n"
-    )
-
-
 def main(args: argparse.Namespace) -> int:
     checkpoint = open_checkpoint(args.checkpoint, args.step, list(args.overrides))
     record = export(
-        checkpoint, args.out, fmt=args.format, dtype=args.dtype, tokenizer_path=args.tokenizer
+        checkpoint,
+        args.out,
+        fmt=args.format,
+        dtype=args.dtype,
+        tokenizer_path=args.tokenizer,
+        max_shard_size=args.max_shard_size,
     )
     print(f"exported step {checkpoint.step} ({record['format']}) to {args.out}", flush=True)
     if args.register:

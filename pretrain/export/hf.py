@@ -10,54 +10,42 @@ Two architectures express our decoders exactly:
   SwiGLU ``fc`` into gate_proj (first half) and up_proj (second half); rotary pairs (x[i],
   x[i + d/2]) with the same frequencies as Llama's ``rotate_half``, so no permutation is needed.
 
-Nothing else is written: a Transformer-XL model (relative positions: learned u and v and a
-per-layer W_R inside attention) has no counterpart, and neither do the mixed variants. Those
-are refused with the reason. Only torch and safetensors are needed to write the format.
+Everything else (Transformer-XL's relative attention, a rotary decoder trained with memory,
+encoders, encoder-decoders, mixed variants) is written as a ``mnemos`` model: our weights under
+``mnemos.``, a ``config.json`` with ``auto_map``, and the modelling package generated from
+``pretrain/model`` (`pretrain.export.package`), loaded with ``trust_remote_code=True``.
+
+Weights go through ``huggingface_hub.save_torch_state_dict``: one ``model.safetensors``, or
+shards with ``model.safetensors.index.json`` past ``max_shard_size``. Tensors are taken out of
+the consolidated state one by one as they are converted, so the state is not held twice.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from huggingface_hub import save_torch_state_dict
 from torch import Tensor
 
 from pretrain.config import ModelConfig
-
-WEIGHTS_FILE = "model.safetensors"
-
-
-class UnsupportedExportError(ValueError):
-    """The model has no exact Hugging Face counterpart."""
+from pretrain.export.package import AUTO_CLASSES, auto_map, write_package
 
 
 def architecture(config: ModelConfig) -> str:
-    """'gpt2' or 'llama', or UnsupportedExportError saying why neither fits."""
-    if config.family != "decoder":
-        raise UnsupportedExportError(
-            f"--format hf exports decoders only; this is a {config.family} "
-            "(export it in the native format and load it with load_pretrained)"
-        )
-    if config.position == "relative":
-        raise UnsupportedExportError(
-            "this is a Transformer-XL model (relative positions: learned u and v biases and a "
-            "per-layer W_R projection inside attention); no Hugging Face architecture computes "
-            "that attention, so --format hf would not give the same model. Use the native "
-            "format (load_pretrained)."
-        )
+    """'gpt2' or 'llama' where one of those is exactly our model, else 'mnemos' (our own
+    modelling code in the export)."""
+    if config.family != "decoder" or config.mem_len:
+        return "mnemos"  # no HF class carries our memory, encoders or encoder-decoders
     kind = (config.position, config.norm, config.activation)
     if kind == ("learned", "layernorm", "gelu"):
         return "gpt2"
     if kind == ("rotary", "rmsnorm", "swiglu"):
         return "llama"
-    raise UnsupportedExportError(
-        f"position={config.position}, norm={config.norm}, activation={config.activation} has no "
-        "exact Hugging Face architecture: use learned+layernorm+gelu (GPT-2) or "
-        "rotary+rmsnorm+swiglu (Llama), or the native format"
-    )
+    return "mnemos"
 
 
 def _gpt2(config: ModelConfig, state: dict[str, Tensor]) -> tuple[dict[str, Any], dict]:
@@ -161,6 +149,31 @@ def _llama(config: ModelConfig, state: dict[str, Tensor]) -> tuple[dict[str, Any
     return hf_config, out
 
 
+def _mnemos(config: ModelConfig, state: dict[str, Tensor]) -> tuple[dict[str, Any], dict]:
+    _, wrapper = AUTO_CLASSES[config.family]
+    hf_config = {
+        "architectures": [wrapper],
+        "model_type": "mnemos",
+        "auto_map": auto_map(config.family),
+        "mnemos": asdict(config),
+        "is_encoder_decoder": config.family == "encoder_decoder",
+        "tie_word_embeddings": config.tie_embeddings,
+    }
+    tied = {"decoder": "lm_head.weight", "encoder": "head.out.weight"}
+    drop = tied.get(config.family, "lm_head.weight") if config.tie_embeddings else None
+    # A tied output matrix is the embedding: stored once, re-tied by _tied_weights_keys.
+    return hf_config, {f"mnemos.{k}": v for k, v in state.items() if k != drop}
+
+
+def _own_tensor(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    """``tensor`` in ``dtype``, contiguous and owning its storage (safetensors refuses views
+    into a larger buffer, e.g. one of q/k/v split from the fused qkv)."""
+    out = tensor.detach().to(dtype).contiguous()
+    if out.untyped_storage().nbytes() != out.numel() * out.element_size():
+        out = out.clone()
+    return out
+
+
 def save_hf(
     config: ModelConfig,
     state: dict[str, Tensor],
@@ -168,24 +181,34 @@ def save_hf(
     *,
     special_ids: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.float32,
+    max_shard_size: int | str = "5GB",
 ) -> str:
-    """Write ``config.json`` and ``model.safetensors`` under ``out``; returns the architecture."""
+    """Write ``config.json`` and the weights under ``out``; returns the architecture.
+    The mnemos architecture also gets its modelling package (``modeling_mnemos.py`` ...).
+    ``state`` is consumed (emptied), so that its tensors are not held next to their copies."""
     arch = architecture(config)
-    hf_config, tensors = (_gpt2 if arch == "gpt2" else _llama)(config, state)
+    convert = {"gpt2": _gpt2, "llama": _llama, "mnemos": _mnemos}[arch]
+    hf_config, tensors = convert(config, state)
     ids = special_ids or {}
     hf_config.update(
         {
             "bos_token_id": ids.get("bos"),
             "eos_token_id": ids.get("eos"),
             "pad_token_id": ids.get("pad"),
-            "torch_dtype": str(dtype).removeprefix("torch."),
+            "dtype": str(dtype).removeprefix("torch."),
             "use_cache": True,
         }
     )
+    if config.family == "encoder_decoder":
+        hf_config["decoder_start_token_id"] = ids.get("pad")  # shift_right's start (as T5)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    # safetensors refuses views and shared storage: every tensor gets its own contiguous copy.
-    tensors = {k: v.detach().to(dtype).contiguous().clone() for k, v in tensors.items()}
-    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    state.clear()  # from here `tensors` holds the only references: each is freed once converted
+    converted = {}
+    for name in list(tensors):
+        converted[name] = _own_tensor(tensors.pop(name), dtype)
+    save_torch_state_dict(converted, out, max_shard_size=max_shard_size, metadata={"format": "pt"})
+    if arch == "mnemos":
+        write_package(out)
     (out / "config.json").write_text(json.dumps(hf_config, indent=1, sort_keys=True) + "\n")
     return arch

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from data_pipeline.tokenizer import Tokenizer
 from pretrain.checkpoint.reading import consolidated_state_dict, model_from_state, open_checkpoint
 from pretrain.cli import main
 from pretrain.config import ModelConfig
@@ -128,13 +129,28 @@ def test_llama_layout_gives_the_same_logits_in_transformers(tmp_path: Path, bias
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_transformer_xl_refuses_the_hf_format(
-    xl_run: TrainedRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_transformer_xl_checkpoint_exports_to_hf_with_its_memory(
+    xl_run: TrainedRun, tmp_path: Path
 ) -> None:
-    assert main(["export", str(xl_run.checkpoints), str(tmp_path / "x"), "--format", "hf"]) == 1
-    err = capsys.readouterr().err
-    assert "error: this is a Transformer-XL model" in err and "native format" in err
-    assert not (tmp_path / "x").exists()
+    out = tmp_path / "xl_hf"
+    assert main(["export", str(xl_run.checkpoints), str(out), "--format", "hf"]) == 0
+    checkpoint = open_checkpoint(xl_run.checkpoints)
+    ours = model_from_state(checkpoint.config, consolidated_state_dict(checkpoint), torch.float32)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True).eval()
+    assert type(hf).__name__ == "MnemosForCausalLM"
+    tokens = _tokens(ours.config.vocab_size, 48)
+    mems: list[torch.Tensor] | None = None
+    cache = None
+    with torch.no_grad():
+        for segment in tokens.split(16, dim=1):  # memory carried, as in training
+            expected, mems = ours(segment, mems)
+            output = hf(segment, cache=cache)
+            cache = output.cache
+            torch.testing.assert_close(output.logits, expected, atol=1e-4, rtol=1e-4)
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf_tokenizer("ROMEO:", add_special_tokens=False)["input_ids"] == (
+        Tokenizer.load(str(out / "tokenizer")).encode("ROMEO:")
+    )
 
 
 @pytest.mark.slow

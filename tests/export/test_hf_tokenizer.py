@@ -1,0 +1,85 @@
+"""Every tokenizer kind exported for ``transformers.AutoTokenizer``: the same ids as ours on
+the bundled corpora, special tokens included."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from data_pipeline.configuration import from_dict
+from data_pipeline.schemas import TokenizerTrainingConfig
+from data_pipeline.tokenizer import SP_ESCAPE, SP_META
+from data_pipeline.tokenizer_training import train_tokenizer
+from pretrain.export.hf_tokenizer import write_hf_tokenizer
+from tests.conftest import REPO_ROOT
+
+transformers = pytest.importorskip("transformers", reason="transformers is a dev dependency")
+
+KINDS = ["sp_unigram", "sp_bpe", "sp_char", "hf_bpe", "hf_unigram", "hf_wordpiece"]
+CORPORA = REPO_ROOT / "corpora"
+SLICE = 60_000  # characters of each corpus
+
+
+def _corpus_texts() -> list[str]:
+    """Slices of the three bundled corpora, plus text that exercises the edges: special
+    tokens written in a document, our U+2581 escape, digits, tabs and runs of spaces."""
+    with gzip.open(CORPORA / "gutenberg" / "gutenberg-8.jsonl.gz", "rt", encoding="utf-8") as f:
+        gutenberg = json.loads(f.readline())["text"][:SLICE]
+    texts = [
+        (CORPORA / "tinyshakespeare" / "input.txt").read_text()[:SLICE],
+        (CORPORA / "wikitext-2" / "valid.txt").read_text()[:SLICE],
+        gutenberg,
+        f"<s> a </s><pad><mask><extra_id_0> {SP_META}x{SP_ESCAPE}u 12345\t  end\n\n 漢字 ñ",
+    ]
+    return [line for text in texts for line in text.splitlines(keepends=True)] + texts[-1:]
+
+
+@pytest.fixture(scope="module")
+def training_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare.txt"
+    path.write_text((CORPORA / "tinyshakespeare" / "input.txt").read_text()[:200_000])
+    return path
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_auto_tokenizer_gives_our_ids(kind: str, training_text: Path, tmp_path: Path) -> None:
+    config = from_dict(
+        TokenizerTrainingConfig,
+        {
+            "name": kind,
+            "output": str(tmp_path / "artifact"),
+            "kind": kind,
+            "vocab_size": 600,
+            "source": {"paths": [str(training_text)], "format": "text", "text_mode": "file"},
+            "sample": {"max_items": 500, "item_chars": 2048},
+            "num_threads": 1,
+        },
+    )
+    ours = train_tokenizer(config)
+    out = tmp_path / "hf"
+    out.mkdir()
+    write_hf_tokenizer(out, ours, model_max_length=256)
+    theirs = transformers.AutoTokenizer.from_pretrained(out)
+    texts = _corpus_texts()
+    expected = ours.encode_batch(texts)
+    got = theirs(texts)["input_ids"]
+    mismatched = [(t, e, g) for t, e, g in zip(texts, expected, got, strict=True) if e != g]
+    if kind.startswith("sp_"):
+        # The one known difference (docs/evaluate_export_generate.md): a document holding a
+        # special token's text (WikiText's "<unk>") gets that token's id from the converted
+        # unigram/BPE model, where sentencepiece spells it out. Nothing else may differ.
+        written = [ours.id_to_token(i) for i in ours.special_ids.all()]
+        mismatched = [m for m in mismatched if not any(w in m[0] for w in written)]
+        assert sum(e == g for e, g in zip(expected, got, strict=True)) > 0.9 * len(texts)
+    assert not mismatched, f"{len(mismatched)} of {len(texts)} texts differ, first: {mismatched[0]}"
+    ids = ours.special_ids
+    assert theirs.bos_token_id == ids.bos and theirs.eos_token_id == ids.eos
+    assert theirs.pad_token_id == ids.pad and theirs.unk_token_id == ids.unk
+    assert theirs.mask_token_id == ids.mask
+    assert theirs.convert_tokens_to_ids(theirs.extra_special_tokens) == list(ids.sentinels)
+    assert theirs.model_max_length == 256
+    assert {p.name for p in out.iterdir()} >= {"tokenizer.json", "special_tokens_map.json"}
+    assert theirs.decode(got[0], skip_special_tokens=True) == ours.decode(expected[0])

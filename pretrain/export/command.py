@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ from pretrain.export.hf import save_hf
 from pretrain.export.hf_tokenizer import write_hf_tokenizer
 from pretrain.model.build import DTYPES
 from pretrain.pretrained import INFO_FILE, TOKENIZER_DIR, save_pretrained
+
+logger = logging.getLogger(__name__)
 
 
 def provenance(checkpoint: Checkpoint, tokenizer_hash: str) -> dict[str, Any]:
@@ -58,7 +62,18 @@ def export(
     config = checkpoint.config
     manifest = training_manifest(data_manifest_url(checkpoint.saved_config.data))
     tokenizer = manifest_tokenizer(manifest, tokenizer_path)
+    # Consolidation reads every rank's ZeRO shards and is the slow part of a large export: say
+    # what is happening and how long it took (one call, so there is no finer progress to show).
+    started = time.monotonic()
+    logger.info("consolidating step %d from its DeepSpeed shards ...", checkpoint.step)
     state = consolidated_state_dict(checkpoint)
+    logger.info(
+        "consolidated %s parameters in %.1f s; writing the %s export to %s",
+        f"{sum(t.numel() for t in state.values()):,}",
+        time.monotonic() - started,
+        fmt,
+        out,
+    )
     info = provenance(checkpoint, tokenizer.hash)
     out = Path(out)
     if fmt == "native":

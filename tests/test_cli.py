@@ -66,11 +66,12 @@ def test_launch_profile_validates() -> None:
 @pytest.mark.parametrize("command", ["config", "plan", "train"])
 def test_options_and_overrides_in_any_order(command: str) -> None:
     """Every subcommand takes ``key=value`` overrides before and after its options."""
+    from data_pipeline.config_cli import parse_arguments
     from pretrain.cli import build_parser
 
     parser = build_parser()
-    after = parser.parse_args([command, str(EXPERIMENT), "--print-config", "train.lr=1e-3"])
-    before = parser.parse_args([command, str(EXPERIMENT), "train.lr=1e-3", "--print-config"])
+    after = parse_arguments(parser, [command, str(EXPERIMENT), "--print-config", "train.lr=1e-3"])
+    before = parse_arguments(parser, [command, str(EXPERIMENT), "train.lr=1e-3", "--print-config"])
     assert after.overrides == before.overrides == ["train.lr=1e-3"]
     assert after.print_config and before.print_config
 

@@ -93,8 +93,7 @@ def run_evaluation(
         streams=streams or checkpoint.world_size * config.train.micro_batch_size,
         batches=config.train.eval_batches,
     )
-    model = load_model(checkpoint).to(device)
-    loader = validation_loader(
+    loader = validation_loader(  # the data is checked before the (slow) consolidation
         config,
         manifest_url,
         settings,
@@ -102,6 +101,7 @@ def run_evaluation(
         world_size=world_size,
         expected_tokenizer_hash=expected_hash,
     )
+    model = load_model(checkpoint).to(device)
     lengths = (
         sorted({*sweep_lengths(sweep, config), settings.mem_len}) if sweep else [settings.mem_len]
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,17 @@ def provenance(checkpoint: Checkpoint, tokenizer_hash: str) -> dict[str, Any]:
     }
 
 
+def check_output(out: Path) -> None:
+    """``out`` is a directory, or can become one: refused before the slow consolidation."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the export folder {out} is a file")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"the export folder {out} cannot be written ({parent} is not writable)")
+
+
 def export(
     checkpoint: Checkpoint,
     out: str | Path,
@@ -50,6 +62,7 @@ def export(
     config = checkpoint.config
     if fmt == "hf":
         architecture(config.model)  # refuse before the (slow) consolidation
+    check_output(Path(out))
     manifest = training_manifest(checkpoint.saved_config.data.manifest)
     tokenizer = manifest_tokenizer(manifest, tokenizer_path)
     state = consolidated_state_dict(checkpoint)

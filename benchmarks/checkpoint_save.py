@@ -92,8 +92,10 @@ def worker(repeats: int, root: str) -> None:
     def hashed_write() -> None:
         eng.save_checkpoint(engine.model, f"{root}/hashed", f"step_{state.step:07d}")
 
+    timeline = train_checkpoint.Timeline()  # one run: each repeat replaces its own step
+
     def trainer() -> None:
-        train_checkpoint.save(engine, config, state, faults=Faults(), extra={})
+        train_checkpoint.save(engine, config, state, faults=Faults(), extra={}, timeline=timeline)
 
     def rank0_hashing() -> None:
         directory = ckpt.step_dir(f"{root}/serial", state.step)

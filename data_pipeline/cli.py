@@ -174,7 +174,7 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _fail(err: Exception) -> int:
+def _fail(err: Exception | str) -> int:
     print(f"error: {err}", file=sys.stderr)
     return 1
 
@@ -247,13 +247,22 @@ def _finalize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fail_reading(location: str, err: Exception) -> int:
+    """A manifest that cannot be read as one: the error names it (a file-not-found already
+    does; a JSON or key error says only what was wrong inside)."""
+    if isinstance(err, OSError) and location in str(err):
+        return _fail(err)
+    what = f"missing key {err}" if isinstance(err, KeyError) else f"{type(err).__name__}: {err}"
+    return _fail(f"{location}: not a manifest written by `data-pipeline prepare` ({what})")
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from data_pipeline.inspection import summarize
 
     try:
         print(summarize(args.manifest, args.chars))
-    except (OSError, ValueError, KeyError) as err:
-        return _fail(err)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return _fail_reading(args.manifest, err)
     return 0
 
 
@@ -262,8 +271,8 @@ def _verify(args: argparse.Namespace) -> int:
 
     try:
         bad = verify(args.manifest)
-    except (OSError, ValueError, KeyError) as err:
-        return _fail(err)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return _fail_reading(args.manifest, err)
     for name, problems in sorted(bad.items()):
         print(f"BAD {name}: {'; '.join(problems)}")
     if bad:

@@ -86,7 +86,12 @@ def resolve_config(schema: type[T], args: argparse.Namespace) -> T | None:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     if args.save_config:
-        save_config(config, args.save_config)
+        try:
+            save_config(config, args.save_config)
+        except OSError as err:
+            where = args.save_config
+            print(f"error: --save-config {where}: cannot write it ({err})", file=sys.stderr)
+            raise SystemExit(1) from None
     if args.print_config:
         sys.stdout.write(to_yaml(config))
         return None

@@ -134,12 +134,12 @@ def script_path(job: Job, given: str | None) -> Path:
     return job.output_dir / f"{c.job_name}.{c.backend}{node}.{suffix}"
 
 
-def execute(job: Job, path: Path, wait: bool) -> int:
+def execute(job: Job, path: Path, wait: bool, verbose: bool = False) -> int:
     if job.cluster.backend == "slurm":
         cmd = ["sbatch", "--parsable", *(["--wait"] if wait else []), str(path)]
         logger.info("+ %s", " ".join(cmd))
         return subprocess.run(cmd, check=False).returncode
-    return supervise(["bash", str(path)])
+    return supervise(["bash", str(path)], launcher_report=verbose)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,14 +170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             preflight.run(cluster, job.experiment, job.overrides)
         except preflight.PreflightError as err:
-            print(err, file=sys.stderr)
+            for line in str(err).splitlines():
+                print(f"error: {line}", file=sys.stderr)
             return 1
     path = script_path(job, args.script)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     path.chmod(0o755)
     logger.info("running %s", path)
-    return execute(job, path, args.wait)
+    return execute(job, path, args.wait, verbose=verbosity(args) > 0)
 
 
 if __name__ == "__main__":

@@ -160,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = run(None, args[0], args[1:])
     except PreflightError as err:
-        print(f"{socket.gethostname()}: {err}", file=sys.stderr, flush=True)
+        for line in str(err).splitlines():
+            print(f"error: {socket.gethostname()}: {line}", file=sys.stderr, flush=True)
         return 1
     with contextlib.suppress(OSError):
         print(

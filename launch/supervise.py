@@ -2,6 +2,11 @@
 through, the signals a scheduler sends reach it, and when the job fails the last line printed
 is the first rank's own one-line cause, not torchrun's report of which child exited.
 
+torchrun reports a failed child with a Python traceback of its own (``ChildFailedError``) and a
+table of exit codes: that report says nothing the ranks' own lines and the cause do not, so it
+is held back (`LauncherReport`), and shown with ``-v``. A rank's traceback (a bug) always
+passes through.
+
 The script ``exec``s its launcher, so the child is torchrun (or deepspeed) itself.
 """
 
@@ -55,8 +60,50 @@ class FirstCause:
             self._in_traceback = False
 
 
-def supervise(cmd: Sequence[str]) -> int:
-    """Run ``cmd`` to its end and return its exit code (128 + N when signal N ended it)."""
+class LauncherReport:
+    """Holds back torchrun's own traceback and failure table: `feed` returns the lines to show
+    now. A traceback is held until its exception line says whose it is; torchrun's
+    (``ChildFailedError``) is dropped with the table that follows it, between two rules of
+    ``=``; any other is given back whole. Whatever is held at the end is given back."""
+
+    MAX_HELD = 400  # a traceback longer than this is not torchrun's: give it back
+
+    def __init__(self) -> None:
+        self._held: list[str] = []
+        self._rules_left = 0  # rules of "=" still to drop before the report ends
+        self.dropped = 0
+
+    def feed(self, line: str) -> list[str]:
+        text = line.rstrip("\n")
+        if self._rules_left:
+            self.dropped += 1
+            if text.startswith("=====") and not text.strip("="):
+                self._rules_left -= 1
+            return []
+        if not self._held:
+            if "Traceback (most recent call last)" in text:
+                self._held = [line]
+                return []
+            return [line]
+        self._held.append(line)
+        if "ChildFailedError" in text and not text.startswith((" ", "\t")):
+            self.dropped += len(self._held)
+            self._held, self._rules_left = [], 2
+            return []
+        ended = text and not text.startswith((" ", "\t", "Traceback"))
+        if ended or len(self._held) > self.MAX_HELD:
+            held, self._held = self._held, []
+            return held
+        return []
+
+    def flush(self) -> list[str]:
+        held, self._held = self._held, []
+        return held
+
+
+def supervise(cmd: Sequence[str], *, launcher_report: bool = False) -> int:
+    """Run ``cmd`` to its end and return its exit code (128 + N when signal N ended it).
+    ``launcher_report``: also show torchrun's own traceback and failure table."""
     child = subprocess.Popen(
         list(cmd), stderr=subprocess.PIPE, text=True, errors="replace", bufsize=1
     )
@@ -64,12 +111,16 @@ def supervise(cmd: Sequence[str]) -> int:
     # Set after the child started, so that it does not inherit the disposition.
     previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
     cause = FirstCause()
+    report = LauncherReport()
     try:
         assert child.stderr is not None
         for line in child.stderr:
-            sys.stderr.write(line)
-            sys.stderr.flush()
             cause.observe(line)
+            for shown in [line] if launcher_report else report.feed(line):
+                sys.stderr.write(shown)
+            sys.stderr.flush()
+        for shown in report.flush():
+            sys.stderr.write(shown)
         code = child.wait()
     finally:
         for sig, handler in previous.items():
@@ -79,8 +130,9 @@ def supervise(cmd: Sequence[str]) -> int:
         code = 128 - code
     if code not in (0, 75):  # 75: preempted, a checkpoint was saved; the job resumes later
         logger.error(
-            "the job failed (exit code %d): %s",
+            "the job failed (exit code %d): %s%s",
             code,
             cause.cause or "no rank reported a cause; see the output above",
+            " (torchrun's report of it: -v)" if report.dropped else "",
         )
     return code

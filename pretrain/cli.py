@@ -31,14 +31,17 @@ from pretrain.config import ExperimentConfig
 # The one error-to-exit-code map of every subcommand: the errors users cause print one line,
 # ``error: ...``; anything else is a bug and keeps its traceback. 2: the config or an override
 # is wrong (as argparse's own usage errors); 1: the run cannot go on as asked (a missing or
-# corrupt checkpoint, data that does not match, a tokenizer that does not match, a format the
-# model cannot take, repeated non-finite losses). Preemption exits 75 on its own
-# (`pretrain.train.preemption`). Classes are named, not imported: an error can only come from a
-# module that is loaded, and `pretrain config` must not import torch to check its errors.
+# corrupt checkpoint, data that does not match, a missing or damaged shard, a tokenizer that
+# does not match, a format the model cannot take, repeated non-finite losses). Preemption exits
+# 75 on its own (`pretrain.train.preemption`); Ctrl-C ends any command with 130 and one line
+# (`pretrain generate` first prints what it generated). Classes are named, not imported: an
+# error can only come from a module that is loaded, and `pretrain config` must not import torch
+# to check its errors.
 EXIT_CODES: list[tuple[str, str, int]] = [
     ("data_pipeline.configuration", "ConfigError", 2),
     ("pretrain.checkpoint.layout", "CheckpointError", 1),
     ("pretrain.loader.manifest", "ManifestError", 1),
+    ("pretrain.loader.shards", "ShardError", 1),
     ("pretrain.loader.state", "LoaderStateError", 1),
     ("pretrain.train.trainer", "NonFiniteLossError", 1),
     ("pretrain.checkpoint.tokenizer", "TokenizerMismatchError", 1),
@@ -99,6 +102,16 @@ def _memory_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def config_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(
         parser, config_help=EXPERIMENT_HELP, override_example="train.lr=3e-4 model.n_layers=2"
@@ -115,7 +128,7 @@ def plan_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(
         parser, config_help=EXPERIMENT_HELP, override_example="train.lr=3e-4 model.n_layers=2"
     )
-    parser.add_argument("--gpus", type=int, default=1, help="GPUs in the job (data parallel)")
+    parser.add_argument("--gpus", type=_positive, default=1, help="GPUs in the job (data parallel)")
     parser.add_argument(
         "--gpu-memory", type=_memory_size, default="80GB", help="memory of one GPU, e.g. 80GB"
     )
@@ -167,7 +180,7 @@ def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--streams",
-        type=int,
+        type=_positive,
         help="parallel streams over the split (default: "
         "the training run's world size x micro_batch_size)",
     )
@@ -254,10 +267,12 @@ def generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
     parser.add_argument("--top-p", type=float, help="sample from the nucleus of probability p")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same text")
-    parser.add_argument("--num-samples", type=int, default=1, help="independent continuations")
+    parser.add_argument(
+        "--num-samples", type=_positive, default=1, help="independent continuations"
+    )
     parser.add_argument(
         "--cache-len",
-        type=int,
+        type=_positive,
         help="memory kept as the cache (default: "
         "max(mem_len, max_seq_len); learned positions: max_seq_len)",
     )
@@ -297,8 +312,9 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None], s
         "train",
         "train a model (one process, or under torchrun / deepspeed / SLURM)",
         "Train with DeepSpeed (ZeRO-3 by default). Resumes from the newest committed "
-        "checkpoint in checkpoint.dir unless train.resume=never. SIGTERM or SIGUSR1 saves a "
-        "checkpoint at the next step and exits with code 75.",
+        "checkpoint in checkpoint.dir that passes verification, and refuses to start when none "
+        "does, unless train.resume=never. SIGTERM or SIGUSR1 saves a checkpoint at the next "
+        "step and exits with code 75.",
         config_arguments,
         EPILOG,
         _recipe("train"),
@@ -340,7 +356,8 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None], s
         "sample text from a decoder checkpoint or export",
         "Continue a prompt with a decoder: greedy or sampled (temperature, top-k, top-p), "
         "deterministic for a seed, decoded incrementally with the Transformer-XL memory as "
-        "the cache.",
+        "the cache. One sample is printed as it is generated; Ctrl-C or SIGTERM stops with "
+        "what was generated so far (exit code 130 or 143).",
         generate_arguments,
         GENERATE_EXAMPLES,
         _recipe("generate"),
@@ -371,16 +388,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message: str) -> str:
+    """``message`` as one line: its lines joined, indentation dropped (an error line must stay
+    one line for the launcher and for whoever greps a log)."""
+    parts = [part.strip() for part in str(message).splitlines() if part.strip()]
+    text = ""
+    for part in parts:
+        text += part if not text else (" " if text.endswith(":") else "; ") + part
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(build_parser(), argv)
     setup_console(verbosity(args))
     try:
         code: int = args.handler(args)
+    except KeyboardInterrupt:
+        print(f"error: interrupted (Ctrl-C): pretrain {args.command} stopped", file=sys.stderr)
+        code = 130
     except Exception as err:
         code_for_err = exit_code(err, args.command)
         if code_for_err is None:
             raise
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        print(f"error: {one_line(str(err))}", file=sys.stderr, flush=True)
         code = code_for_err
     finally:
         _leave_process_group()

@@ -85,7 +85,12 @@ def read_info(path: str | Path) -> dict[str, Any]:
             f"{path} is not an exported model (no {INFO_FILE} and {CONFIG_FILE}); "
             "create one with `pretrain export CHECKPOINT OUT`"
         )
-    info: dict[str, Any] = json.loads((path / INFO_FILE).read_text())
+    try:
+        info: dict[str, Any] = json.loads((path / INFO_FILE).read_text())
+        if not isinstance(info, dict):
+            raise TypeError(f"holds a {type(info).__name__}, not a mapping")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
+        raise ExportFormatError(f"{path / INFO_FILE} is unreadable or corrupt: {err}") from None
     if info.get("format") != "mnemos" or info.get("format_version") != FORMAT_VERSION:
         raise ExportFormatError(
             f"{path}: export format {info.get('format')!r} version "
@@ -110,7 +115,15 @@ def load_pretrained(
     except ConfigError as err:
         raise ExportFormatError(f"{path}: {err}") from None
     model = build_model(config)
-    missing, unexpected = load_model(model, str(path / WEIGHTS_FILE), strict=False)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ExportFormatError(f"{weights} is missing: the export is incomplete")
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except Exception as err:  # safetensors' own errors (a cut or overwritten file)
+        raise ExportFormatError(
+            f"{weights} is unreadable ({type(err).__name__}: {err}): export again"
+        ) from None
     if missing or unexpected:
         raise ExportFormatError(
             f"{path / WEIGHTS_FILE} does not fit {CONFIG_FILE}: missing {sorted(missing)}, "
@@ -119,7 +132,12 @@ def load_pretrained(
     model = model.to(device=device, dtype=dtype).eval() if dtype else model.to(device).eval()
     tokenizer = None
     if (path / TOKENIZER_DIR).is_dir():
-        tokenizer = Tokenizer.load(str(path / TOKENIZER_DIR))
+        try:
+            tokenizer = Tokenizer.load(str(path / TOKENIZER_DIR))
+        except (OSError, ValueError, KeyError) as err:
+            raise ExportFormatError(
+                f"{path / TOKENIZER_DIR} is not a readable tokenizer artifact: {err}"
+            ) from None
         expected = info.get("tokenizer_hash")
         if expected and tokenizer.hash != expected:
             raise ExportFormatError(

@@ -11,6 +11,7 @@ keys named *secret*, *token*, *password*, *key*) are redacted before logging.
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import re
 import socket
@@ -38,6 +39,10 @@ _SECRET_KEY = re.compile(r"(secret|token|password|passwd|credential|api_?key|acc
 _URL_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/@\s]+@", re.I)
 
 REDACTED = "***"
+# Set on a run that continues a checkpoint whose own run is not in this tracking store.
+RESUMED_FROM_TAG = "mnemos.resumed_from_run_id"
+
+logger = logging.getLogger(__name__)
 
 
 def redact(key: str, value: Any) -> Any:
@@ -119,6 +124,19 @@ class MlflowTracker(Tracker):
         # None falls through to $MLFLOW_TRACKING_URI, then MLflow's own local default store.
         self.tracking_uri: str = config.tracking.uri or mlflow.get_tracking_uri()
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        if run_id is not None and not self._exists(run_id):
+            # A checkpoint copied from elsewhere, or a tracking.uri changed since: the run goes
+            # on, in a new MLflow run that names the old one.
+            logger.warning(
+                "the checkpoint's MLflow run %s is not in the tracking store %s: logging to a "
+                "new run (tagged %s=%s)",
+                run_id,
+                self.tracking_uri,
+                RESUMED_FROM_TAG,
+                run_id,
+            )
+            tags = {**(tags or {}), RESUMED_FROM_TAG: run_id}
+            run_id = None
         if run_id is not None:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -145,6 +163,15 @@ class MlflowTracker(Tracker):
             }
         )
         self.log_text(to_yaml(config), "config/resolved.yaml")
+
+    def _exists(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+        except mlflow.exceptions.MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+        return True
 
     def _log_params(self, config: ExperimentConfig) -> None:
         assert self.run_id is not None

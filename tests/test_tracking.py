@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.tracking import REDACTED, Tracker, create_tracker, read_run, redact
+from pretrain.tracking import (
+    REDACTED,
+    RESUMED_FROM_TAG,
+    Tracker,
+    create_tracker,
+    read_run,
+    redact,
+)
 from tests.conftest import tiny_experiment
 
 
@@ -52,6 +59,20 @@ def test_resume_continues_the_same_run(tmp_path: Path) -> None:
     assert run["tags"]["resumed.changed.train.max_steps"] == "8"  # ...so the change is a tag
     again.finish("FAILED")
     assert read_run(uri, again.run_id)["status"] == "FAILED"
+
+
+def test_a_checkpoints_run_missing_from_the_store_continues_in_a_new_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint directory copied from another machine names a run this store lacks."""
+    config = tiny_experiment(tmp_path)
+    missing = "0123456789abcdef0123456789abcdef"
+    tracker = create_tracker(config, rank=0, run_id=missing)
+    assert tracker.run_id is not None and tracker.run_id != missing
+    assert f"MLflow run {missing} is not in the tracking store" in caplog.text
+    uri = config.tracking.uri
+    assert uri is not None
+    assert read_run(uri, tracker.run_id)["tags"][RESUMED_FROM_TAG] == missing
 
 
 def test_other_ranks_record_nothing(tmp_path: Path) -> None:

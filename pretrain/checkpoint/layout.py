@@ -9,8 +9,11 @@
 A step directory without `COMMITTED` is a save that did not finish (a crash, a kill -9): it is never
 resumed from and is removed by the next save. The previous committed step is untouched until a
 newer one is committed and `keep_last` allows pruning it, so a crash mid-save never destroys the
-last good checkpoint. The checkpoint directory must be visible to every rank (a shared file system
-on multi-node jobs), as DeepSpeed's own checkpointing also requires.
+last good checkpoint. A run prunes only its own steps (`prune`'s ``own``: the steps of the
+timeline it resumed and those it wrote); a committed step of another timeline that stands where
+the run saves is moved aside (`make_room`), never deleted. The checkpoint directory must be
+visible to every rank (a shared file system on multi-node jobs), as DeepSpeed's own
+checkpointing also requires.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -144,10 +147,19 @@ def read_marker(directory: Path) -> dict[str, Any]:
 
 
 def verify(directory: Path) -> list[str]:
-    """Every problem with a committed step directory: missing files, wrong sizes or hashes."""
-    marker = read_marker(directory)
+    """Every problem with a committed step directory: an unreadable marker, missing files,
+    wrong sizes or hashes."""
+    try:
+        marker = read_marker(directory)
+        recorded = marker["files"]
+        if not isinstance(recorded, dict):
+            raise TypeError("'files' is not a mapping")
+    except CheckpointError as err:
+        return [str(err)]
+    except (KeyError, TypeError) as err:
+        return [f"{directory / MARKER} is corrupt: {type(err).__name__}: {err}"]
     problems = []
-    for name, expected in sorted(marker["files"].items()):
+    for name, expected in sorted(recorded.items()):
         path = directory / name
         if not path.is_file():
             problems.append(f"{path}: missing")
@@ -204,12 +216,17 @@ class ResumePoint:
 
 
 def find_resume_point(
-    root: str | Path, *, step: int | None = None, report: Callable[[str], None] = print
+    root: str | Path,
+    *,
+    step: int | None = None,
+    report: Callable[[str], None] = print,
+    failed: dict[int, list[str]] | None = None,
 ) -> ResumePoint | None:
     """The newest committed step whose files match their hashes (or exactly ``step``).
 
-    A corrupt checkpoint is reported through ``report`` and skipped for the previous one; with an
-    explicit ``step`` it is an error instead, since the user asked for that one.
+    A corrupt checkpoint is reported through ``report`` (and its problems recorded in
+    ``failed``) and skipped for the previous one; with an explicit ``step`` it is an error
+    instead, since the user asked for that one.
     """
     root = Path(root)
     if step is not None:
@@ -219,28 +236,85 @@ def find_resume_point(
             raise CheckpointError(f"{root} has no step {step} (committed steps: {have})")
         problems = verify(directory)
         if problems:
-            raise CheckpointError(f"step {step} is corrupt:\n  " + "\n  ".join(problems))
+            raise CheckpointError(f"step {step} is corrupt: {'; '.join(problems)}")
         return ResumePoint(step, directory, read_marker(directory))
     for candidate in reversed(committed_steps(root)):
         directory = step_dir(root, candidate)
         problems = verify(directory)
         if not problems:
             return ResumePoint(candidate, directory, read_marker(directory))
+        if failed is not None:
+            failed[candidate] = problems
         report(
-            f"checkpoint step {candidate} failed verification and is skipped:\n  "
-            + "\n  ".join(problems)
+            f"checkpoint step {candidate} failed verification and is skipped: "
+            + "; ".join(problems)
         )
     return None
 
 
-def prune(root: str | Path, keep_last: int) -> list[Path]:
-    """Remove unfinished saves and all but the newest ``keep_last`` committed steps (rank 0)."""
+def unusable_steps_error(root: str | Path, failed: dict[int, list[str]]) -> CheckpointError:
+    """The error for a checkpoint directory whose committed steps all fail verification
+    (``failed``: step -> problems): one line naming the first problem of each step."""
+    shown = [
+        f"step {step}: {problems[0]}"
+        + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
+        for step, problems in sorted(failed.items(), reverse=True)
+    ]
+    more = f"; and {len(shown) - 3} more steps" if len(shown) > 3 else ""
+    return CheckpointError(
+        f"{root}: none of its committed steps ({', '.join(str(s) for s in sorted(failed))}) "
+        f"passes verification: {'; '.join(shown[:3])}{more}"
+    )
+
+
+def timeline_steps(root: str | Path, timeline: str | None, upto: int) -> set[int]:
+    """The committed steps up to ``upto`` whose marker names ``timeline`` (None: markers that
+    name none, as written before timelines were recorded)."""
+    found = set()
+    for step in committed_steps(root):
+        if step > upto:
+            continue
+        try:
+            marker = read_marker(step_dir(root, step))
+        except CheckpointError:
+            continue
+        if marker.get("timeline") == timeline:
+            found.add(step)
+    return found
+
+
+def make_room(root: str | Path, step: int, own: Collection[int]) -> Path | None:
+    """Clear the way for saving ``step`` (rank 0): a save that never committed is removed; a
+    committed step this run does not own (another timeline's, or one that failed
+    verification) is renamed to ``step_NNNNNNN.superseded[.N]``, out of every reader's sight
+    but not deleted. Returns the new name of a step moved aside."""
+    directory = step_dir(root, step)
+    if not directory.is_dir():
+        return None
+    if not (directory / MARKER).is_file() or step in own:
+        shutil.rmtree(directory, ignore_errors=True)
+        return None
+    aside = directory.with_name(f"{directory.name}.superseded")
+    count = 1
+    while aside.exists():
+        count += 1
+        aside = directory.with_name(f"{directory.name}.superseded.{count}")
+    directory.rename(aside)
+    return aside
+
+
+def prune(root: str | Path, keep_last: int, own: Collection[int] | None = None) -> list[Path]:
+    """Remove unfinished saves and all but the newest ``keep_last`` of the run's own committed
+    steps (rank 0). ``own``: the steps the run may remove (the timeline it resumed and the steps
+    it wrote); a committed step outside it is never touched. None: every committed step is the
+    run's (a directory only this run writes to)."""
     entries = step_dirs(root)
-    committed = [path for _, path in entries if (path / MARKER).is_file()]
-    keep = set(committed[-keep_last:])
+    committed = [step for step, path in entries if (path / MARKER).is_file()]
+    mine = [step for step in committed if own is None or step in own]
+    keep = set(mine[-keep_last:]) | {step for step in committed if step not in mine}
     removed = []
-    for _, path in entries:
-        if path not in keep:
+    for step, path in entries:
+        if step not in keep:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

@@ -75,14 +75,15 @@ def locate(path: str | Path, step: int | None = None) -> ckpt.ResumePoint:
         assert point is not None  # an explicit step raises instead of returning None
         return point
     problems: list[str] = []
-    point = ckpt.find_resume_point(path, report=problems.append)
+    failed: dict[int, list[str]] = {}
+    point = ckpt.find_resume_point(path, report=problems.append, failed=failed)
     if point is None:
+        if failed:
+            raise ckpt.unusable_steps_error(path, failed)
         uncommitted = [str(p.name) for _, p in steps_here if not (p / ckpt.MARKER).is_file()]
-        detail = "\n  ".join(problems)
         raise ckpt.CheckpointError(
-            f"{path} has no usable checkpoint: "
-            + (f"uncommitted saves ({', '.join(uncommitted)}) " if uncommitted else "")
-            + (f"corrupt steps:\n  {detail}" if detail else "")
+            f"{path} has no usable checkpoint: only uncommitted saves ({', '.join(uncommitted)}), "
+            "which did not finish"
         )
     for line in problems:
         logger.warning("%s", line)
@@ -107,9 +108,9 @@ def open_checkpoint(
     fixed, _ = ckpt.config_changes(saved, config, at="read")
     if fixed:
         raise ckpt.CheckpointError(
-            "these overrides change the architecture the weights were trained for:\n  "
-            + "\n  ".join(fixed)
-            + f"\nonly {', '.join(ckpt.TUNABLE_WHEN_READING)} may change"
+            "these overrides change the architecture the weights were trained for: "
+            + "; ".join(fixed)
+            + f" (only {', '.join(ckpt.TUNABLE_WHEN_READING)} may change)"
         )
     return Checkpoint(point, config, saved)
 
@@ -126,9 +127,11 @@ def consolidated_state_dict(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
             state = read_zero_checkpoint(
                 str(checkpoint.directory.parent), checkpoint.directory.name
             )
-    except (FileNotFoundError, ValueError, KeyError) as err:
+    except Exception as err:  # DeepSpeed's reader of its own pickles: any failure means the same
         raise ckpt.CheckpointError(
-            f"cannot consolidate the DeepSpeed shards of {checkpoint.directory}: {err}"
+            f"cannot read the DeepSpeed shards of {checkpoint.directory} "
+            f"({type(err).__name__}: {err}); they pass the commit's hashes, so they were written "
+            "unreadable (another DeepSpeed version?) or the commit marker was rewritten"
         ) from None
     return dict(state)
 

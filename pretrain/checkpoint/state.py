@@ -3,16 +3,23 @@ commit protocol of `pretrain.checkpoint.layout`.
 
 Every rank writes its own files; rank 0 seals the step only after a barrier, so `COMMITTED` exists
 only once every rank's files are complete. Rank 0 chooses the step to resume from (hash checks
-happen once) and broadcasts it, so all ranks load the same one.
+happen once) and broadcasts it, or the reason there is none to use, so all ranks load the same
+one or stop with the same error.
+
+A run never destroys a checkpoint it did not write: each run has a `Timeline` (an id recorded in
+every step it commits, carried over when it resumes), and prunes only the steps of its own
+timeline, up to the step it resumed and those it wrote since. A committed step of another
+timeline where this run saves is moved aside, not deleted (`layout.make_room`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
+import os
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +53,36 @@ class TrainerState:
         return dict(self.__dict__)
 
 
+@dataclass
+class Timeline:
+    """Which steps of ``checkpoint.dir`` are this run's (rank 0's bookkeeping): ``id`` is
+    recorded in every step it commits; ``own`` holds the committed steps it may prune, those
+    of its timeline up to the step it resumed and those it wrote since."""
+
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    own: set[int] = field(default_factory=set)
+
+
+def start_timeline(config: ExperimentConfig, point: ckpt.ResumePoint | None) -> Timeline:
+    """The timeline of a run that resumes ``point`` (None: a fresh start)."""
+    root = Path(config.checkpoint.dir)
+    if point is None:
+        committed = ckpt.committed_steps(root)
+        if committed and dist.get_rank() == 0:
+            logger.warning(
+                "train.resume=never: starting afresh in %s, which holds committed steps (%s) of "
+                "an earlier run; this run never prunes them, and one it reaches by step number "
+                "is moved aside as step_NNNNNNN.superseded",
+                root,
+                ", ".join(str(s) for s in committed),
+            )
+        return Timeline()
+    recorded = point.marker.get("timeline")
+    same_dir = point.directory.parent.resolve() == root.resolve()
+    own = ckpt.timeline_steps(root, recorded, point.step) if same_dir else set()
+    return Timeline(id=str(recorded) if recorded else uuid.uuid4().hex, own=own)
+
+
 def save(
     engine: eng.Engine,
     config: ExperimentConfig,
@@ -53,15 +90,24 @@ def save(
     *,
     faults: Faults,
     extra: dict[str, Any],
+    timeline: Timeline,
 ) -> Path:
     root = Path(config.checkpoint.dir)
     directory = ckpt.step_dir(root, state.step)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     if rank == 0:
         ckpt.remove_unfinished(root)  # an earlier crash's partial save, never committed
-        # A committed step of the same number belongs to a timeline this run abandoned (it
-        # resumed from an earlier step, e.g. because this one failed verification).
-        shutil.rmtree(directory, ignore_errors=True)
+        # A committed step of the same number that is not this run's (another timeline's, or
+        # one that failed verification and was skipped at resume) is kept under another name.
+        moved = ckpt.make_room(root, state.step, timeline.own)
+        if moved is not None:
+            logger.warning(
+                "checkpoint step %d in %s was not written by this run: moved aside to %s "
+                "(not deleted; remove it once it is not needed)",
+                state.step,
+                root,
+                moved.name,
+            )
         root.mkdir(parents=True, exist_ok=True)
     dist.barrier()
     written = eng.save_checkpoint(engine.model, str(root), directory.name)
@@ -79,30 +125,80 @@ def save(
     dist.all_gather_object(digests, ckpt.hash_files(directory, rank=rank, known=known))
     if rank == 0:
         files = {name: entry for part in digests for name, entry in (part or {}).items()}
-        ckpt.commit(directory, step=state.step, world_size=world_size, extra=extra, files=files)
-        ckpt.prune(root, config.checkpoint.keep_last)
+        ckpt.commit(
+            directory,
+            step=state.step,
+            world_size=world_size,
+            extra={**extra, "timeline": timeline.id},
+            files=files,
+        )
+        timeline.own.add(state.step)
+        ckpt.prune(root, config.checkpoint.keep_last, timeline.own)
+        timeline.own.intersection_update(ckpt.committed_steps(root))
     dist.barrier()
     return directory
 
 
-def choose_resume_point(config: ExperimentConfig) -> ckpt.ResumePoint | None:
-    """Rank 0 picks (and verifies) the step; every rank gets the same answer."""
+def _check_writable(directory: str) -> None:
+    """checkpoint.dir is a directory this process can create and write (checked before the
+    engine is built, not at the first save, after the first steps' work)."""
+    root = Path(directory)
+    if root.exists() and not root.is_dir():
+        raise ckpt.CheckpointError(f"checkpoint.dir {root} is a file, not a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ckpt.CheckpointError(f"checkpoint.dir {root} cannot be created: {err}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise ckpt.CheckpointError(f"checkpoint.dir {root} is not writable")
+
+
+def _pick_resume_point(config: ExperimentConfig) -> ckpt.ResumePoint | None:
+    _check_writable(config.checkpoint.dir)
     resume = config.train.resume
+    if resume == "auto":
+        root = config.checkpoint.dir
+        reports: list[str] = []
+        failed: dict[int, list[str]] = {}
+        point = ckpt.find_resume_point(root, report=reports.append, failed=failed)
+        if point is None and failed:
+            # Starting afresh would train over, then prune, steps that may still be recovered.
+            err = ckpt.unusable_steps_error(root, failed)
+            raise ckpt.CheckpointError(
+                f"{err}. Repair or move them, or set train.resume=never to start afresh beside "
+                "them (they are kept)"
+            )
+        for line in reports:
+            logger.warning("%s", line)
+        return point
+    step_root, step = ckpt.split_path(resume)
+    if step is None:
+        raise ckpt.CheckpointError(
+            f"train.resume={resume} is not a checkpoint step directory (step_NNNNNNN)"
+        )
+    return ckpt.find_resume_point(step_root, step=step)
+
+
+def choose_resume_point(config: ExperimentConfig) -> ckpt.ResumePoint | None:
+    """Rank 0 picks (and verifies) the step; every rank gets the same answer, or the same
+    `CheckpointError` (so no rank waits for one that has stopped)."""
     choice: list[Any] = [None]
-    if dist.get_rank() == 0 and resume != "never":
-        if resume == "auto":
-            point = ckpt.find_resume_point(config.checkpoint.dir, report=logger.warning)
+    if dist.get_rank() == 0:
+        try:
+            if config.train.resume == "never":
+                _check_writable(config.checkpoint.dir)
+                point = None
+            else:
+                point = _pick_resume_point(config)
+        except ckpt.CheckpointError as err:
+            choice[0] = ("error", str(err))
         else:
-            root, step = ckpt.split_path(resume)
-            if step is None:
-                raise ckpt.CheckpointError(
-                    f"{resume} is not a checkpoint step directory (step_NNNNNNN)"
-                )
-            point = ckpt.find_resume_point(root, step=step)
-        choice[0] = None if point is None else (point.step, str(point.directory), point.marker)
+            choice[0] = None if point is None else (point.step, str(point.directory), point.marker)
     dist.broadcast_object_list(choice, src=0)
     if choice[0] is None:
         return None
+    if choice[0][0] == "error":
+        raise ckpt.CheckpointError(choice[0][1])
     step, directory, marker = choice[0]
     return ckpt.ResumePoint(step, Path(directory), marker)
 
@@ -119,9 +215,9 @@ def check_compatible(point: ckpt.ResumePoint, config: ExperimentConfig) -> list[
     if fatal:
         raise ckpt.CheckpointError(
             f"the checkpoint at {point.directory} was written by a run that differs in ways "
-            "that cannot be resumed:\n  "
-            + "\n  ".join(fatal)
-            + "\nStart a new run (new checkpoint.dir or train.resume=never) or undo the change."
+            "that cannot be resumed: "
+            + "; ".join(fatal)
+            + ". Start a new run (new checkpoint.dir or train.resume=never) or undo the change."
         )
     saved_world, world = int(point.marker["world_size"]), dist.get_world_size()
     before = _streams(saved.train.micro_batch_size, saved.train.grad_accum, saved_world)

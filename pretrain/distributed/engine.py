@@ -231,8 +231,15 @@ class Engine:
 
 
 def initialize(config: ExperimentConfig) -> Engine:
-    """Build the model, optimizer and DeepSpeed engine for this process's rank."""
+    """Join the process group, then build the model, optimizer and DeepSpeed engine for this
+    process's rank."""
     init_distributed(config.engine)
+    return build(config)
+
+
+def build(config: ExperimentConfig) -> Engine:
+    """The model, optimizer and DeepSpeed engine, in a process group already joined
+    (`init_distributed`)."""
     ds_config = deepspeed_config(config, dist.get_world_size())
     model = build_partitioned_model(config, ds_config)
     apply_activation_checkpointing(model, config.train)

@@ -152,3 +152,31 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
         return on_device.cpu()
     dist.all_reduce(values)
     return values
+
+
+def raise_together(
+    error: Exception | None, kind: type[Exception], *, flagged: bool = False
+) -> None:
+    """Collective: when any rank has an ``error`` (or, with ``flagged``, the caller has already
+    summed the failure flags over the ranks and found one), raise on every rank. A rank raises
+    its own error; the others raise ``kind`` with the message of the lowest failing rank. So a
+    bad shard met by one rank stops every rank at the same point with the same one-line cause,
+    instead of leaving the others waiting in the next collective for a rank that has gone.
+
+    Without ``flagged`` this costs one all-reduce of one number; as is without a process group.
+    """
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        if error is not None:
+            raise error
+        return
+    if not flagged:
+        flag = all_reduce_sum(torch.tensor([0.0 if error is None else 1.0]))
+        if float(flag[0]) == 0.0:
+            return
+    messages: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, None if error is None else str(error))
+    if error is not None:
+        raise error
+    failing = [(rank, m) for rank, m in enumerate(messages) if m is not None]
+    rank, message = failing[0] if failing else (-1, "another rank failed")
+    raise kind(f"{message} (met by rank {rank})" if rank >= 0 else message)

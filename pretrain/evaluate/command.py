@@ -105,8 +105,7 @@ def run_evaluation(
         streams=streams or checkpoint.world_size * config.train.micro_batch_size,
         batches=config.train.eval_batches,
     )
-    model = load_model(checkpoint).to(device)
-    loaders = {
+    loaders = {  # the data is checked before the (slow) consolidation
         name: validation_loader(
             config,
             manifest_url,
@@ -117,6 +116,7 @@ def run_evaluation(
         )
         for name, (manifest_url, _) in sources.items()
     }
+    model = load_model(checkpoint).to(device)
     lengths = (
         sorted({*sweep_lengths(sweep, config), settings.mem_len}) if sweep else [settings.mem_len]
     )

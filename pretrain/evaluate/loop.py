@@ -22,8 +22,8 @@ from torch import Tensor
 from data_pipeline.progress import track
 from pretrain.batch_loss import OBJECTIVES, Mems, forward_loss
 from pretrain.config import ExperimentConfig, Family
-from pretrain.distributed.process_group import all_reduce_sum
-from pretrain.loader import ValidationLoader
+from pretrain.distributed.process_group import all_reduce_sum, raise_together
+from pretrain.loader import ShardError, ValidationLoader
 
 LOSS_NAMES: dict[Family, str] = {
     "decoder": "next-token loss",
@@ -90,12 +90,18 @@ def evaluate_model(
     batches = settings.batches
     totals = torch.zeros(3, dtype=torch.float64)  # summed loss, targets, correct predictions
     mems: Mems | None = None
-    limit = batches if batches > 0 else len(loader)
+    limit = min(batches, len(loader)) if batches > 0 else len(loader)
     first_rank = not dist.is_initialized() or dist.get_rank() == 0
-    shown = track(loader, limit, "evaluate", enabled=show_progress and first_rank, unit="batch")
-    for index, batch in enumerate(shown):
-        if index >= limit:
-            break
+    shown = show_progress and first_rank
+    read = iter(loader)
+    # every rank has len(loader) batches
+    for _ in track(range(limit), limit, "evaluate", enabled=shown, unit="batch"):
+        failure: ShardError | None = None
+        try:
+            batch = next(read)
+        except ShardError as err:
+            failure = err
+        raise_together(failure, ShardError)  # a bad shard on one rank stops them all, now
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         parts = forward_loss(run, batch, mems, family)
         mems = parts.new_mems or None
@@ -103,6 +109,9 @@ def evaluate_model(
         totals += torch.tensor(
             [float(parts.loss_sum), float(parts.targets), float(correct)], dtype=torch.float64
         )
+    close = getattr(read, "close", None)
+    if close is not None:
+        close()  # the loader's prefetch thread and open shards, when the limit came first
     totals = all_reduce_sum(totals)
     targets_total = float(totals[1])
     loss = float(totals[0] / totals[1].clamp(min=1))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -49,6 +50,17 @@ def provenance(checkpoint: Checkpoint, tokenizer_hash: str) -> dict[str, Any]:
     }
 
 
+def check_output(out: Path) -> None:
+    """``out`` is a directory, or can become one: refused before the slow consolidation."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the export folder {out} is a file")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"the export folder {out} cannot be written ({parent} is not writable)")
+
+
 def export(
     checkpoint: Checkpoint,
     out: str | Path,
@@ -60,6 +72,7 @@ def export(
 ) -> dict[str, Any]:
     """Write ``checkpoint`` under ``out``; returns what export.json records."""
     config = checkpoint.config
+    check_output(Path(out))
     manifest = training_manifest(data_manifest_url(checkpoint.saved_config.data))
     tokenizer = manifest_tokenizer(manifest, tokenizer_path)
     # Consolidation reads every rank's ZeRO shards and is the slow part of a large export: say

@@ -8,6 +8,7 @@ so a seed gives the same text on any device.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -79,7 +80,41 @@ def check_length(model: Decoder, prompt_len: int, max_new_tokens: int, cache_len
         )
 
 
-@torch.no_grad()
+def iter_sample(
+    model: Decoder,
+    prompt: Tensor,
+    sampling: SamplingConfig,
+    *,
+    cache_len: int | None = None,
+) -> Iterator[Tensor]:
+    """Continue ``prompt`` (B, T0): yield each new token (B, 1) as soon as it is drawn, up to
+    ``max_new_tokens``. A row that produced ``stop_id`` keeps producing it (as padding) until
+    every row has; then generation stops. The caller may stop early (close the generator):
+    nothing is computed ahead of what was yielded but the next token's logits."""
+    if not isinstance(model, Decoder):
+        raise TypeError(f"generation needs a decoder, got a {model.config.family}")
+    sampling.validate()
+    size = default_cache_len(model) if cache_len is None else cache_len
+    check_length(model, prompt.size(1), sampling.max_new_tokens, size)
+    if sampling.max_new_tokens == 0:
+        return
+    generator = torch.Generator().manual_seed(sampling.seed)
+    with torch.no_grad():
+        logits, cache = decode_step(model, prompt, None, cache_len=size)  # prefill
+    done = torch.zeros(prompt.size(0), 1, dtype=torch.bool, device=prompt.device)
+    for step in range(sampling.max_new_tokens):
+        with torch.no_grad():
+            token = next_token(logits[:, -1], sampling, generator)  # (B, 1)
+        if sampling.stop_id is not None:
+            token = token.masked_fill(done, sampling.stop_id)
+            done |= token == sampling.stop_id
+        yield token
+        if bool(done.all()) or step == sampling.max_new_tokens - 1:
+            return
+        with torch.no_grad():
+            logits, cache = decode_step(model, token, cache, cache_len=size)
+
+
 def sample(
     model: Decoder,
     prompt: Tensor,
@@ -87,26 +122,9 @@ def sample(
     *,
     cache_len: int | None = None,
 ) -> Tensor:
-    """Continue ``prompt`` (B, T0) -> the new tokens (B, <= max_new_tokens). A row that produced
-    ``stop_id`` keeps producing it (as padding) until every row has; then generation stops."""
-    if not isinstance(model, Decoder):
-        raise TypeError(f"generation needs a decoder, got a {model.config.family}")
-    sampling.validate()
-    size = default_cache_len(model) if cache_len is None else cache_len
-    check_length(model, prompt.size(1), sampling.max_new_tokens, size)
-    generator = torch.Generator().manual_seed(sampling.seed)
-    logits, cache = decode_step(model, prompt, None, cache_len=size)  # prefill
-    done = torch.zeros(prompt.size(0), 1, dtype=torch.bool, device=prompt.device)
-    out: list[Tensor] = []
-    for step in range(sampling.max_new_tokens):
-        token = next_token(logits[:, -1], sampling, generator)  # (B, 1)
-        if sampling.stop_id is not None:
-            token = token.masked_fill(done, sampling.stop_id)
-            done |= token == sampling.stop_id
-        out.append(token)
-        if bool(done.all()) or step == sampling.max_new_tokens - 1:
-            break
-        logits, cache = decode_step(model, token, cache, cache_len=size)
+    """Continue ``prompt`` (B, T0) -> the new tokens (B, <= max_new_tokens): `iter_sample` to
+    its end."""
+    out = list(iter_sample(model, prompt, sampling, cache_len=cache_len))
     if not out:
         return prompt[:, :0]
     return torch.cat(out, dim=1)

@@ -52,6 +52,7 @@ class SplitSource:
             on_bad_shard=self.data_config.on_bad_shard,
             stats=self.bad_shards,
             storage_options=self.storage_options,
+            vocab_size=self.manifest.vocab_size,
         )
 
     def collator(self, objective: Objective) -> Collator:

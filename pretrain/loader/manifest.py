@@ -141,7 +141,9 @@ def parse_manifest(raw: bytes, url: str) -> Manifest:
             tokenizer=dict(doc["tokenizer"]),
             splits=splits,
         )
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+    except ManifestError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:  # JSON, UTF-8, numbers
         raise ManifestError(f"{url}: malformed manifest ({type(exc).__name__}: {exc})") from exc
 
 
@@ -152,6 +154,10 @@ def load_manifest(url: str, storage_options: dict[str, Any] | None = None) -> Ma
             raw = f.read()
     except FileNotFoundError as exc:
         raise ManifestError(f"manifest not found: {url}") from exc
+    except IsADirectoryError as exc:
+        raise ManifestError(f"manifest {url} is a directory: name its manifest.json") from exc
+    except OSError as exc:
+        raise ManifestError(f"manifest {url} is not readable: {exc}") from exc
     return parse_manifest(raw, url)
 
 

@@ -9,6 +9,12 @@ abandons the rest of the shard, counts what was lost in `BadShardStats` and warn
 Shards are read sequentially (tar is a sequential format); resuming at sample ``k`` reads past
 the first ``k`` samples without decoding them.
 
+Two cheap checks come first, so a manifest that does not describe its shards (one written for
+another tokenizer, copied over them) stops the run at the first shard instead of after training
+on it: the shard's size is compared with the manifest's ``bytes`` when it is opened, and every
+token id must be below the manifest's vocabulary size (an id past it would otherwise index past
+the embedding table).
+
 Every byte read goes through a sha256 (`_HashingReader`). When a reader gets to the end of a
 shard, the rest of the file (tar padding) is hashed too and the digest and size are compared
 with the manifest's ``sha256`` and ``bytes``: a flipped byte that still decodes is caught there.
@@ -68,10 +74,15 @@ class BadShardStats:
 class _HashingReader:
     """A read-only file wrapper that feeds every byte read through sha256."""
 
-    def __init__(self, raw: Any) -> None:
+    def __init__(self, raw: Any, url: str = "") -> None:
         self._raw = raw
+        self._url = url
         self.sha256 = hashlib.sha256()
         self.size = 0
+
+    def __repr__(self) -> str:
+        # tar errors name their file object: show the shard, not an object address.
+        return self._url or object.__repr__(self)
 
     def read(self, n: int = -1) -> bytes:
         data: bytes = self._raw.read(n)
@@ -111,12 +122,38 @@ class _BadSampleError(ValueError):
     pass
 
 
-def _decode(key: str, members: dict[str, bytes], *, dtype: str, chunk_len: int) -> Sample:
+def _decode(
+    key: str, members: dict[str, bytes], *, dtype: str, chunk_len: int, vocab_size: int | None
+) -> Sample:
     try:
         tokens, doc_starts, utf8_bytes = decode_sample(members, dtype=dtype, chunk_len=chunk_len)
     except SampleFormatError as exc:
         raise _BadSampleError(f"sample {key!r} {exc}") from exc
+    if vocab_size is not None and tokens.size and int(tokens.max()) >= vocab_size:
+        where = int(np.argmax(tokens >= vocab_size))
+        raise _BadSampleError(
+            f"sample {key!r} holds token id {int(tokens[where])} (position {where}), outside the "
+            f"manifest's vocabulary of {vocab_size}: the shard was not tokenized with the "
+            "manifest's tokenizer"
+        )
     return Sample(index=-1, tokens=tokens, doc_starts=doc_starts, utf8_bytes=utf8_bytes)
+
+
+def _check_size(shard: ShardInfo, f: Any, storage_options: dict[str, Any] | None) -> None:
+    """The file's size against the manifest's ``bytes``, before a byte is read."""
+    if shard.size is None:
+        return
+    size = getattr(f, "size", None)
+    if not isinstance(size, int):
+        from fsspec.core import url_to_fs
+
+        fs, path = url_to_fs(shard.url, **(storage_options or {}))
+        size = int(fs.size(path))
+    if size != shard.size:
+        raise _BadSampleError(
+            f"{size} bytes, the manifest says {shard.size}: the manifest does not describe "
+            "this shard (written for other shards, or the shard was cut or replaced)"
+        )
 
 
 def _split_name(fname: str) -> tuple[str, str]:
@@ -154,23 +191,29 @@ def iter_shard(
     on_bad_shard: OnBadShard,
     stats: BadShardStats,
     storage_options: dict[str, Any] | None = None,
+    vocab_size: int | None = None,
 ) -> Generator[Sample, None, None]:
     """Yield the valid samples of ``shard`` from sample ``start`` on (``Sample.index`` set).
 
-    Once the last sample is read, the file's sha256 and size are checked against the manifest
-    (when it has them); the check only happens if the caller reads the generator to its end.
+    The file's size is checked against the manifest's when it is opened, and each sample's
+    token ids against ``vocab_size`` (when given). Once the last sample is read, the file's
+    sha256 is checked against the manifest's (when it has one); that check only happens if the
+    caller reads the generator to its end.
     """
     good = 0
     try:
         with fsspec.open(shard.url, "rb", **(storage_options or {})) as f:
-            reader = _HashingReader(f)
+            _check_size(shard, f, storage_options)
+            reader = _HashingReader(f, shard.url)
             for index, (key, members) in enumerate(_grouped(reader)):
                 if index >= shard.samples:
                     raise _BadSampleError(f"more samples than the manifest's {shard.samples}")
                 if index < start:
                     good += 1  # counted but not decoded: resuming mid-shard stays cheap
                     continue
-                sample = _decode(key, members, dtype=dtype, chunk_len=chunk_len)
+                sample = _decode(
+                    key, members, dtype=dtype, chunk_len=chunk_len, vocab_size=vocab_size
+                )
                 good += 1
                 yield Sample(index, sample.tokens, sample.doc_starts, sample.utf8_bytes)
             if good != shard.samples:
@@ -190,7 +233,8 @@ def iter_shard(
             stacklevel=2,
         )
     except (_BadSampleError, tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        reason = f"{type(exc).__name__}: {exc}"
+        # Our own findings say what is wrong in words; a library's error keeps its type's name.
+        reason = str(exc) if isinstance(exc, _BadSampleError) else f"{type(exc).__name__}: {exc}"
         if on_bad_shard == "fail":
             raise ShardError(f"bad shard {shard.url}: {reason}") from exc
         lost = shard.samples - good

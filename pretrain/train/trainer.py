@@ -27,10 +27,10 @@ from pretrain.checkpoint import layout as ckpt
 from pretrain.checkpoint import state as train_checkpoint
 from pretrain.config import ExperimentConfig
 from pretrain.distributed import engine as eng
-from pretrain.distributed.process_group import all_reduce_sum
+from pretrain.distributed.process_group import all_reduce_sum, raise_together
 from pretrain.evaluate.loop import EvalSettings, evaluate_model, weighted_metrics
 from pretrain.faults import Faults
-from pretrain.loader import Batch, MixtureLoader, TrainLoader, ValidationLoader
+from pretrain.loader import Batch, MixtureLoader, ShardError, TrainLoader, ValidationLoader
 from pretrain.model import flops_per_token
 from pretrain.tracking import Tracker, create_tracker
 from pretrain.train.preemption import Preempted, PreemptionFlag
@@ -74,9 +74,9 @@ class Trainer:
     ) -> None:
         self.config = cfg = config
         self.faults = Faults.from_env() if faults is None else faults
-        self.engine = eng.initialize(cfg) if engine is None else engine
+        if engine is None:
+            eng.init_distributed(cfg.engine)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
-        self.device = eng.device_of(self.engine.model)
         self.family = cfg.model.family
         self.objective = OBJECTIVES[self.family]
         loader_args: dict[str, Any] = {
@@ -120,6 +120,17 @@ class Trainer:
             self.validation = ValidationLoader(
                 cfg.data.manifest, batch_size=cfg.train.micro_batch_size, **loader_args
             )
+        # The data and the checkpoint to resume are checked before the engine is built (the
+        # slow part): a missing manifest or an unusable checkpoint fails in seconds.
+        self.resume_point = train_checkpoint.choose_resume_point(cfg)
+        self.resume_changes = (
+            []
+            if self.resume_point is None
+            else train_checkpoint.check_compatible(self.resume_point, cfg)
+        )
+        self.timeline = train_checkpoint.start_timeline(cfg, self.resume_point)
+        self.engine = eng.build(cfg) if engine is None else engine
+        self.device = eng.device_of(self.engine.model)
         self.state = train_checkpoint.TrainerState(
             step=0,
             tokens_seen=0,
@@ -131,7 +142,6 @@ class Trainer:
             run_id=None,
         )
         self.preemption = PreemptionFlag()
-        self.resume_changes: list[str] = []  # set by resume(), logged to the run
         self.fp16_overflows = 0
         self._source_epochs: dict[str, float] = {}
         self.loop_started, self.loop_first_step = time.perf_counter(), 0  # set again by train()
@@ -179,10 +189,18 @@ class Trainer:
         cfg = self.config
         self.faults.sigterm(self.state.step + 1, self.rank)
         wait_start = time.perf_counter()
-        batches = [self._to_device(b) for b in self.loader.next_step()]
+        failure: ShardError | None = None
+        try:
+            batches = [self._to_device(b) for b in self.loader.next_step()]
+        except ShardError as err:  # every rank must hear of it (raise_together)
+            batches, failure = [], err
         data_wait = time.perf_counter() - wait_start
-        counts = torch.tensor([float(sum(target_count(b, self.family) for b in batches))])
-        counts = all_reduce_sum(counts)  # the step's target tokens over all ranks
+        counts = torch.tensor(
+            [float(sum(target_count(b, self.family) for b in batches)), float(failure is not None)]
+        )
+        counts = all_reduce_sum(counts)  # the step's target tokens (and bad shards) over all ranks
+        if float(counts[1]) > 0:
+            raise_together(failure, ShardError, flagged=True)
         global_targets = max(1.0, float(counts[0]))
         scale = cfg.train.grad_accum * self.world_size / global_targets
         eng.set_learning_rate(self.engine.model, learning_rate(self.state.step, cfg.train))
@@ -258,6 +276,7 @@ class Trainer:
             self.config,
             self.state,
             faults=self.faults,
+            timeline=self.timeline,
             extra={
                 "run_id": self.state.run_id,
                 "fingerprint": self.loader.fingerprint,
@@ -268,10 +287,9 @@ class Trainer:
         self.log(f"checkpoint step {self.state.step} committed in {self.config.checkpoint.dir}")
 
     def resume(self) -> None:
-        point = train_checkpoint.choose_resume_point(self.config)
+        point, changes = self.resume_point, self.resume_changes
         if point is None:
             return
-        changes = train_checkpoint.check_compatible(point, self.config)
         self.state = train_checkpoint.load(self.engine, point, self.config, self.faults)
         self.loader.load_state_dict(
             self.state.loader, allow_new_streams=self.config.train.allow_new_global_batch

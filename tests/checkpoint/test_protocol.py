@@ -135,3 +135,102 @@ def test_trainer_state_refuses_arbitrary_objects(tmp_path: Path) -> None:
     torch.save({"obj": object()}, path)
     with pytest.raises(Exception, match=r"[Ww]eights only load failed"):
         ckpt.load_trainer_state(path)
+
+
+# -- a run never destroys a checkpoint it did not write -------------------------------------
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_corrupt_marker_is_a_verification_problem_not_a_crash(tmp_path: Path) -> None:
+    write_step(tmp_path, 100)
+    newest = write_step(tmp_path, 200)
+    (newest / ckpt.MARKER).write_text('{"step": 200}')  # no file list
+    reports: list[str] = []
+    point = ckpt.find_resume_point(tmp_path, report=reports.append)
+    assert point is not None and point.step == 100
+    assert "COMMITTED is corrupt" in reports[0] and "'files'" in reports[0]
+
+
+def test_every_step_failing_verification_refuses_a_fresh_start(tmp_path: Path) -> None:
+    """The issue's case: each step's trainer_state_rank0.pt truncated. Training from step 0
+    would have trained over them and pruned older, intact files."""
+    from pretrain.checkpoint.state import _pick_resume_point
+    from tests.conftest import tiny_experiment
+
+    config = tiny_experiment(tmp_path)
+    root = Path(config.checkpoint.dir)
+    for step in (2, 4):
+        state = ckpt.trainer_state_path(write_step(root, step), 0)
+        state.write_bytes(state.read_bytes()[:7])
+    before = _tree(root)
+    with pytest.raises(ckpt.CheckpointError) as caught:
+        _pick_resume_point(config)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "none of its committed steps (2, 4) passes verification" in message
+    assert "step_0000004/trainer_state_rank0.pt: 7 bytes" in message
+    assert "train.resume=never" in message
+    assert _tree(root) == before
+    # One usable step is enough: the run resumes there (the newer one is reported).
+    write_step(root, 1)
+    point = _pick_resume_point(config)
+    assert point is not None and point.step == 1
+
+
+def test_prune_never_removes_a_step_the_run_does_not_own(tmp_path: Path) -> None:
+    for step in (100, 200, 300, 400):
+        write_step(tmp_path, step)
+    # This run resumed at 100 (its timeline: 100) and wrote 150 and 250; 200, 300 and 400
+    # belong to another timeline (newer than its first save among them).
+    for step in (150, 250):
+        write_step(tmp_path, step)
+    removed = ckpt.prune(tmp_path, keep_last=1, own={100, 150, 250})
+    assert {p.name for p in removed} == {"step_0000100", "step_0000150"}
+    assert ckpt.committed_steps(tmp_path) == [200, 250, 300, 400]
+
+
+def test_make_room_moves_another_runs_step_aside(tmp_path: Path) -> None:
+    theirs = write_step(tmp_path, 100)
+    before = _tree(theirs)
+    moved = ckpt.make_room(tmp_path, 100, own={50})
+    assert moved is not None and moved.name == "step_0000100.superseded"
+    assert _tree(moved) == before and not theirs.exists()
+    assert ckpt.committed_steps(tmp_path) == []  # out of every reader's sight
+    write_step(tmp_path, 100)
+    again = ckpt.make_room(tmp_path, 100, own=set())
+    assert again is not None and again.name == "step_0000100.superseded.2"
+    # A save that never committed, or the run's own step, is simply replaced.
+    write_step(tmp_path, 200, commit=False)
+    assert ckpt.make_room(tmp_path, 200, own=set()) is None
+    write_step(tmp_path, 300)
+    assert ckpt.make_room(tmp_path, 300, own={300}) is None
+    assert not ckpt.step_dir(tmp_path, 200).exists() and not ckpt.step_dir(tmp_path, 300).exists()
+
+
+def test_a_resumed_run_owns_only_its_timeline_up_to_the_step_it_resumed(tmp_path: Path) -> None:
+    from pretrain.checkpoint.state import start_timeline
+    from tests.conftest import tiny_experiment
+
+    config = tiny_experiment(tmp_path)
+    root = Path(config.checkpoint.dir)
+    for step, name in [(4, "a"), (6, "b"), (8, "a"), (12, "a")]:
+        directory = ckpt.step_dir(root, step)
+        directory.mkdir(parents=True)
+        (directory / "x").write_text("x")
+        ckpt.commit(directory, step=step, world_size=1, extra={"timeline": name})
+    point = ckpt.find_resume_point(root, step=8)
+    assert point is not None
+    timeline = start_timeline(config, point)
+    assert timeline.id == "a" and timeline.own == {4, 8}
+    # Steps written before timelines were recorded: those up to the resumed step are its own.
+    legacy = tmp_path / "legacy"
+    for step in (2, 4):
+        write_step(legacy, step)
+    config.checkpoint.dir = str(legacy)
+    point = ckpt.find_resume_point(legacy)
+    assert point is not None
+    timeline = start_timeline(config, point)
+    assert timeline.own == {2, 4} and len(timeline.id) == 32

@@ -32,3 +32,21 @@ def fail_on_rank_one(message: str) -> None:
 def hang_forever() -> None:
     while True:
         time.sleep(1)
+
+
+def bad_shard_on_rank_one() -> dict[str, object]:
+    """Rank 1 meets a bad shard; both ranks go through `raise_together`, then one more
+    collective, which only completes if neither rank was left behind."""
+    from pretrain.distributed.process_group import raise_together
+    from pretrain.loader import ShardError
+
+    message = "bad shard /data/train-00001-00003.tar: truncated"
+    own = ShardError(message) if dist.get_rank() == 1 else None
+    try:
+        raise_together(own, ShardError)
+        raised = ""
+    except ShardError as err:
+        raised = str(err)
+    after = torch.tensor([1.0])
+    dist.all_reduce(after)
+    return {"raised": raised, "after": float(after[0])}

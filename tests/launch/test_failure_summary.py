@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from launch.supervise import FirstCause
+from launch.supervise import FirstCause, LauncherReport
 from tests.launch.jobs import Launch, experiment
 from tests.launch.test_faults import profile
 
@@ -73,3 +73,55 @@ def test_the_first_cause_is_what_a_rank_said(lines: list[str], cause: str | None
     for line in lines:
         first.observe(line)
     assert (first.cause is None) if cause is None else (cause in str(first.cause))
+
+
+TORCHRUN_REPORT = [
+    "Traceback (most recent call last):\n",
+    '  File "<frozen runpy>", line 198, in _run_module_as_main\n',
+    '  File ".../torch/distributed/run.py", line 1032, in <module>\n',
+    "    main()\n",
+    "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n",
+    "============================================================\n",
+    "pretrain.cli FAILED\n",
+    "------------------------------------------------------------\n",
+    "Root Cause (first observed failure):\n",
+    "  exitcode  : 1 (pid: 12711)\n",
+    "============================================================\n",
+]
+RANK_TRACEBACK = [
+    "Traceback (most recent call last):\n",
+    '  File "pretrain/model/layers.py", line 3, in forward\n',
+    "IndexError: index out of range in self\n",
+]
+
+
+def test_torchruns_own_report_is_held_back_and_a_ranks_traceback_is_not() -> None:
+    report = LauncherReport()
+    lines = ["error: bad shard x.tar: truncated\n", *TORCHRUN_REPORT, *RANK_TRACEBACK, "bye\n"]
+    shown = [out for line in lines for out in report.feed(line)] + report.flush()
+    assert shown == ["error: bad shard x.tar: truncated\n", *RANK_TRACEBACK, "bye\n"]
+    assert report.dropped == len(TORCHRUN_REPORT)
+    # A traceback cut short by the end of the output is given back whole.
+    cut = LauncherReport()
+    assert [o for line in RANK_TRACEBACK[:2] for o in cut.feed(line)] == []
+    assert cut.flush() == RANK_TRACEBACK[:2]
+
+
+@pytest.mark.distributed
+def test_a_damaged_dataset_under_the_launcher_ends_in_error_lines_only(
+    char_manifest: Path, tmp_path: Path
+) -> None:
+    """The issue's 88 lines and three tracebacks: now each rank's one line naming its shard,
+    torchrun's one log line, and the cause at the end."""
+    data = tmp_path / "data"
+    shutil.copytree(char_manifest.parent, data)
+    for shard in data.glob("train-*.tar"):
+        shard.unlink()
+    config = experiment(tmp_path, data / "manifest.json")
+    run = Launch(profile(tmp_path, "local", nproc_per_node=2), config, log=tmp_path / "bad.log")
+    assert run.wait(300) == 1
+    out = run.output()
+    assert "Traceback" not in out and "ChildFailedError" not in out, out
+    last = out.rstrip().splitlines()[-1]
+    assert "ERROR the job failed (exit code 1): bad shard " in last and str(data) in last, out
+    assert len(out.strip().splitlines()) < 12, out

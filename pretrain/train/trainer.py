@@ -95,7 +95,7 @@ class Trainer:
             "mem_len": cfg.model.mem_len,  # data.order auto: shuffled windows when no memory
         }
         mixture = cfg.data.mixture
-        if not mixture and not cfg.data.manifest:
+        if not mixture and not cfg.data.manifest and (loader is None or validation is None):
             raise ValueError("data: set data.manifest or data.mixture (neither is set)")
         self.loader: TrainLoader | MixtureLoader
         if loader is not None:

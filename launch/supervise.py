@@ -30,6 +30,7 @@ _ONE_LINE_ERROR = re.compile(r"^(?:\[[^\]]*\]:?\s*)?error: (?P<cause>.+)$")
 _LOGGED_ERROR = re.compile(r" (?:ERROR|CRITICAL) (?P<cause>\[rank \d+\] .+)$")
 _EXCEPTION = re.compile(r"^(?:\[[^\]]*\]:?\s*)?(?P<cause>[A-Za-z_][\w.]*(?:Error|Exception)\b.*)$")
 # torchrun's own report of the failed children: the effect, not the cause.
+_REPORT_FIELD = re.compile(r"^\s*(rank|host|exitcode|traceback)\s*:\s*(.+)$")
 _LAUNCHER_NOISE = ("ChildFailedError", "torch.distributed.elastic")
 
 
@@ -72,11 +73,17 @@ class LauncherReport:
         self._held: list[str] = []
         self._rules_left = 0  # rules of "=" still to drop before the report ends
         self.dropped = 0
+        # The first failed child as torchrun's table names it (rank, host, exit code, signal):
+        # the cause to print when no rank could say one itself (a rank killed by a signal).
+        self.failed_child: list[str] = []
 
     def feed(self, line: str) -> list[str]:
         text = line.rstrip("\n")
         if self._rules_left:
             self.dropped += 1
+            found = _REPORT_FIELD.match(text)
+            if found and found.group(1) not in {k.split(" :")[0] for k in self.failed_child}:
+                self.failed_child.append(f"{found.group(1)} : {found.group(2).strip()}")
             if text.startswith("=====") and not text.strip("="):
                 self._rules_left -= 1
             return []
@@ -132,7 +139,9 @@ def supervise(cmd: Sequence[str], *, launcher_report: bool = False) -> int:
         logger.error(
             "the job failed (exit code %d): %s%s",
             code,
-            cause.cause or "no rank reported a cause; see the output above",
+            cause.cause
+            or ", ".join(report.failed_child)
+            or "no rank reported a cause; see the output above",
             " (torchrun's report of it: -v)" if report.dropped else "",
         )
     return code

@@ -39,6 +39,12 @@ CASES = [
     # -- data-pipeline -------------------------------------------------------------------------
     Case("dp-missing-config", "data-pipeline prepare {w}/nope.yaml", 2, "nope.yaml"),
     Case("dp-unknown-key", "data-pipeline prepare {recipe} chunkk=3", 2, "chunkk"),
+    Case(
+        "dp-quality-unknown-key",
+        "data-pipeline quality {recipe} --stage scan qualityy.dedup=true",
+        2,
+        "qualityy",
+    ),
     Case("dp-bad-yaml", "data-pipeline prepare {bad_yaml}", 2, "bad.yaml"),
     Case(
         "dp-nan",
@@ -169,7 +175,6 @@ CASES = [
         1,
         "no_tokenizer",
     ),
-    Case("export-hf-memory", "pretrain export {ckpt} {w}/out --format hf", 1, "relative"),
     Case("export-unreadable-shards", "pretrain export {ckpt} {w}/out", 1, "step_0000004"),
     Case("export-into-a-file", "pretrain export {ckpt} {exp}", 1, "exp.yaml"),
     # -- pretrain generate ---------------------------------------------------------------------

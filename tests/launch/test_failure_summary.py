@@ -125,3 +125,30 @@ def test_a_damaged_dataset_under_the_launcher_ends_in_error_lines_only(
     last = out.rstrip().splitlines()[-1]
     assert "ERROR the job failed (exit code 1): bad shard " in last and str(data) in last, out
     assert len(out.strip().splitlines()) < 12, out
+
+
+def test_a_rank_killed_by_a_signal_is_named_from_torchruns_report() -> None:
+    """A rank that dies by SIGKILL says nothing itself: the failure line takes torchrun's root
+    cause (rank, host, exit code, signal) from the report it holds back."""
+    report = LauncherReport()
+    lines = [
+        "Traceback (most recent call last):\n",
+        '  File "run.py", line 1, in <module>\n',
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n",
+        "=" * 60 + "\n",
+        "Root Cause (first observed failure):\n",
+        "  host      : node7\n",
+        "  rank      : 1 (local_rank: 0)\n",
+        "  exitcode  : -9 (pid: 24561)\n",
+        "  traceback : Signal 9 (SIGKILL) received by PID 24561\n",
+        "=" * 60 + "\n",
+        "after the report\n",
+    ]
+    shown = [out for line in lines for out in report.feed(line)]
+    assert shown == ["after the report\n"]
+    assert report.failed_child == [
+        "host : node7",
+        "rank : 1 (local_rank: 0)",
+        "exitcode : -9 (pid: 24561)",
+        "traceback : Signal 9 (SIGKILL) received by PID 24561",
+    ]

@@ -30,7 +30,7 @@ import re
 import unicodedata
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from itertools import chain
 from typing import Any
@@ -377,41 +377,57 @@ def _order(validation: np.ndarray) -> np.ndarray:
     return rank
 
 
-def band_buckets(rows: np.ndarray, ids: np.ndarray, rank: np.ndarray) -> list[np.ndarray]:
-    """The buckets of one band with two members or more, each in corpus order: documents
-    ``ids`` whose signatures agree on every one of the band's ``rows``."""
+def band_buckets(
+    rows: np.ndarray, ids: np.ndarray, rank: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The buckets of one band with two members or more: documents ``ids`` whose signatures
+    agree on every one of the band's ``rows``. Returns (their members, bucket after bucket,
+    each in corpus order; where each member's bucket starts in that array)."""
     if len(ids) < 2:
-        return []
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     rows = np.ascontiguousarray(rows)
     keys = rows.view(np.dtype((np.void, rows.shape[1] * rows.itemsize))).ravel()
     _, bucket = np.unique(keys, return_inverse=True)
     order = np.lexsort((rank[ids], bucket))  # by bucket, then corpus order
     sorted_bucket = bucket[order]
     starts = np.flatnonzero(np.r_[True, sorted_bucket[1:] != sorted_bucket[:-1]])
-    ends = np.r_[starts[1:], len(order)]
-    return [ids[order[lo:hi]] for lo, hi in zip(starts, ends, strict=True) if hi - lo >= 2]
+    sizes = np.diff(np.r_[starts, len(order)])
+    shared = np.repeat(sizes >= 2, sizes)
+    start_of = np.repeat(starts, sizes)[shared]
+    members = ids[order[shared]]
+    # Re-base the starts on the kept (shared) entries.
+    kept_before = np.cumsum(shared) - shared
+    return members, kept_before[start_of]
 
 
-def bucket_links(
-    members: list[np.ndarray], signature_of: Callable[[int], np.ndarray], cfg: MinHashConfig
+def band_links(
+    members: np.ndarray, start_of: np.ndarray, signatures: np.ndarray, cfg: MinHashConfig
 ) -> np.ndarray:
-    """Links (earlier, later) of one band's buckets: each later member linked to the first
-    earlier one (corpus order, among the first `MAX_LINKS`) whose signature agrees on at least
-    ``threshold`` of the permutations (with ``verify``; without, to the bucket's first)."""
-    links: list[tuple[int, int]] = []
+    """Links (earlier, later) of one band's buckets (`band_buckets`): each later member linked
+    to the first earlier one (corpus order, among the bucket's first `MAX_LINKS`) whose
+    signature agrees on at least ``threshold`` of the permutations (with ``verify``; without,
+    to the bucket's first). ``signatures``: one row per member. Vectorised over every
+    (earlier, later) pair of the band at once."""
+    position = np.arange(len(members)) - start_of  # within the bucket
+    later = np.flatnonzero(position > 0)
+    if not cfg.verify:
+        return np.stack([members[start_of[later]], members[later]], axis=1).astype(np.int64)
+    tries = np.minimum(position[later], MAX_LINKS)
+    pair_later = np.repeat(later, tries)
+    nth = np.arange(len(pair_later)) - np.repeat(np.cumsum(tries) - tries, tries)
+    pair_earlier = start_of[pair_later] + nth
     need = int(np.ceil(cfg.threshold * cfg.num_perm - 1e-9))
-    for bucket in members:
-        for j in range(1, len(bucket)):
-            later = int(bucket[j])
-            if not cfg.verify:
-                links.append((int(bucket[0]), later))
-                continue
-            mine = signature_of(later)
-            for earlier in bucket[: min(j, MAX_LINKS)].tolist():
-                if int(np.count_nonzero(signature_of(earlier) == mine)) >= need:
-                    links.append((earlier, later))
-                    break
-    return np.array(links, dtype=np.int64).reshape(-1, 2)
+    agree = np.zeros(len(pair_later), dtype=np.int64)
+    for lo in range(0, len(pair_later), SHINGLE_BATCH):
+        e, l_ = pair_earlier[lo : lo + SHINGLE_BATCH], pair_later[lo : lo + SHINGLE_BATCH]
+        agree[lo : lo + SHINGLE_BATCH] = np.count_nonzero(signatures[e] == signatures[l_], axis=1)
+    ok = np.flatnonzero(agree >= need)
+    # Pairs run by later member, earlier ones in corpus order: the first that agrees wins.
+    _, first = np.unique(pair_later[ok], return_index=True)
+    chosen = ok[first]
+    return np.stack([members[pair_earlier[chosen]], members[pair_later[chosen]]], axis=1).astype(
+        np.int64
+    )
 
 
 def buckets(cfg: PrepareConfig, *, num_tasks: int = 1, task_index: int = 0) -> int:
@@ -447,22 +463,22 @@ def buckets(cfg: PrepareConfig, *, num_tasks: int = 1, task_index: int = 0) -> i
     signed_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
     rank = _order(np.concatenate(sides) if sides else np.zeros(0, bool))
     del rows, ids, sides
-    members = {
+    groups = {
         b: band_buckets(band_rows[:, k * mh.rows : (k + 1) * mh.rows], signed_ids, rank)
         for k, b in enumerate(todo)
     }
     del band_rows
-    everyone = [m for ms in members.values() for m in ms]
-    candidates = np.unique(np.concatenate(everyone)) if everyone else np.zeros(0, np.int64)
-    signatures = _signatures_of(out, units, candidates) if mh.verify else None
-
-    def signature_of(doc: int) -> np.ndarray:
-        assert signatures is not None
-        return signatures[int(np.searchsorted(candidates, doc))]
-
+    candidates = np.unique(np.concatenate([m for m, _ in groups.values()] or [np.zeros(0, int)]))
+    signatures = (
+        _signatures_of(out, units, candidates)
+        if mh.verify
+        else np.zeros((len(candidates), 0), np.uint32)
+    )
     for b in todo:
+        members, start_of = groups[b]
+        rows_of = signatures[np.searchsorted(candidates, members)]
         buf = io.BytesIO()
-        np.save(buf, bucket_links(members[b], signature_of, mh))
+        np.save(buf, band_links(members, start_of, rows_of, mh).reshape(-1, 2))
         out.commit(bucket_name(b), buf.getvalue())
     return len(todo)
 

@@ -278,10 +278,10 @@ def _repeated_ngram_chars(words: list[str], keys: np.ndarray, ends: np.ndarray, 
     return repeated
 
 
-def _has_repeat(keys: np.ndarray) -> bool:
-    """Whether any key occurs twice (a plain sort: cheaper than `np.unique`'s argsort)."""
+def _repeats(keys: np.ndarray) -> int:
+    """Keys equal to an earlier one (a plain sort: cheaper than `np.unique`'s argsort)."""
     ordered = np.sort(keys)
-    return bool((ordered[1:] == ordered[:-1]).any())
+    return int(np.count_nonzero(ordered[1:] == ordered[:-1]))
 
 
 def _gopher_repetition(p: dict[str, Any]) -> Check:
@@ -314,19 +314,25 @@ def _gopher_repetition(p: dict[str, Any]) -> Check:
         ids = word_ids(words)
         ends = np.zeros(len(words) + 1, dtype=np.int64)  # characters before word i: ends[i]
         np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)), out=ends[1:])
-        # Occurrences of the most frequent (n-1)-gram bound the n-gram's: skip counting what
-        # cannot fail (usual for prose).
-        most = int(np.bincount(ids).max())
+        # Bounds first, counting only when a bound fails (usual prose passes them all). An
+        # n-gram occurs at most as often as its rarest word, so its occurrences x characters
+        # are at most the sum over its words of count x length: at most n x the largest such
+        # product of one word. And at most as often as the most frequent (n-1)-gram.
+        times = np.bincount(ids)
+        length = np.zeros(len(times), dtype=np.int64)
+        length[ids] = ends[1:] - ends[:-1]
+        heaviest = int((times * length).max())
+        most = int(times.max())
         for n, frac in top:
-            if len(words) < n:
+            if len(words) < n or n * heaviest / size <= frac:
                 continue
             longest = int((ends[n:] - ends[:-n]).max())
             if most * longest / size <= frac:
                 continue
             keys = ngram_keys(ids, n)
-            _, first, times = np.unique(keys, return_index=True, return_counts=True)
-            best = int(np.argmax(times))
-            most = int(times[best])
+            _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+            best = int(np.argmax(counts))
+            most = int(counts[best])
             if most > 1:
                 i = int(first[best])
                 if int(ends[i + n] - ends[i]) * most / size > frac:
@@ -336,10 +342,14 @@ def _gopher_repetition(p: dict[str, Any]) -> Check:
             if len(words) < n:
                 break
             keys = keys[:-1] * _MIX + ids[n - 1 :].astype(np.uint64)  # the n-grams' keys
-            if not _has_repeat(keys):
+            repeats = _repeats(keys)
+            if repeats == 0:
                 break  # no n-gram repeats, so no longer one does either
-            # Every position whose n-gram occurred earlier, overlapping ones included, bounds
-            # the paper's count from above; only when that bound fails is the exact scan run.
+            # Bounds of the paper's count: repeats x the longest n-gram, then the characters
+            # of every position whose n-gram occurred earlier (overlaps included); only when
+            # both fail is the exact left-to-right scan run.
+            if repeats * int((ends[n:] - ends[:-n]).max()) / size <= frac:
+                continue
             _, first = np.unique(keys, return_index=True)
             later = np.ones(len(keys), dtype=bool)
             later[first] = False

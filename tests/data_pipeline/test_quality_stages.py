@@ -20,8 +20,9 @@ from data_pipeline.quality import QUALITY_DIR, Signer, buckets, clusters, normal
 from data_pipeline.quality_filters import _ALPHA_WORD, alpha_words
 from data_pipeline.schemas import MinHashConfig, PrepareConfig
 from tests.data_pipeline.conftest import cli, cli_env
-from tests.data_pipeline.test_quality import QUALITY, quality_recipe
-from tests.data_pipeline.test_quality import dup_corpus as dup_corpus  # the fixture
+from tests.data_pipeline.test_quality import QUALITY, dup_corpus, quality_recipe
+
+__all__ = ["dup_corpus"]  # the fixture, used below
 
 
 def band_files(out: str) -> dict[str, bytes]:

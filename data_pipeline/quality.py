@@ -507,28 +507,41 @@ def clusters(cfg: PrepareConfig) -> dict[str, Any]:
         return summary
     q = cfg.quality
     units = plan_units(cfg)
-    # No signatures here: what decides removals is small per document (~40 bytes).
-    scans = list(_scans(out, units, ("rejected", "hash", "nbytes", "validation")))
-    counts = [len(s["nbytes"]) for s in scans]
+    # No signatures here, and verdicts as small integer codes: per document a hash, a size, a
+    # side, a verdict and a reason (~50 bytes with the rank, keeper and cluster label).
+    verdicts: dict[str, int] = {"": 0}  # verdict ("filter:heuristic", "" kept) -> code
+    parts: dict[str, list[np.ndarray]] = {"code": [], "hash": [], "nbytes": [], "validation": []}
+    for arrays in _scans(out, units, ("rejected", "hash", "nbytes", "validation")):
+        names, inverse = np.unique(arrays["rejected"].astype(str), return_inverse=True)
+        lookup = np.array([verdicts.setdefault(str(v), len(verdicts)) for v in names], np.int32)
+        parts["code"].append(lookup[inverse.reshape(-1)] if len(names) else np.zeros(0, np.int32))
+        for key in ("hash", "nbytes", "validation"):
+            parts[key].append(arrays[key])
+    counts = [len(n) for n in parts["nbytes"]]
     offsets = np.r_[0, np.cumsum(counts)].astype(np.int64)
     unit_of = np.repeat(np.arange(len(units)), counts)
-    nbytes = np.concatenate([s["nbytes"] for s in scans]) if scans else np.zeros(0, np.int64)
-    rejected = np.concatenate([s["rejected"].astype(str) for s in scans])
+    code = np.concatenate(parts["code"]) if counts else np.zeros(0, np.int32)
+    nbytes = np.concatenate(parts["nbytes"]) if counts else np.zeros(0, np.int64)
     total = len(nbytes)
-    rank = _order(np.concatenate([s["validation"] for s in scans]) if scans else np.zeros(0, bool))
-    reason = np.array([r.split(":", 1)[0] for r in rejected], dtype=object)
-    reason[rejected == ""] = ""
+    rank = _order(np.concatenate(parts["validation"]) if counts else np.zeros(0, bool))
+    verdict_of = list(verdicts)  # code -> verdict
+    # Reasons: "" (kept), each filter, then the two dedup stages.
+    reasons = list(dict.fromkeys(["", *(v.split(":", 1)[0] for v in verdict_of[1:])]))
+    exact_code, near_code = len(reasons), len(reasons) + 1
+    reasons += ["exact_duplicate", "near_duplicate"]
+    reason_of = np.array([reasons.index(v.split(":", 1)[0]) for v in verdict_of], np.int16)
+    reason = reason_of[code]
     keeper = np.full(total, -1, dtype=np.int64)
-    alive = rejected == ""
+    alive = code == 0
     if q.exact_dedup and total:
-        hashes = np.concatenate([s["hash"] for s in scans]).view(np.dtype((np.void, 16))).ravel()
+        hashes = np.concatenate(parts["hash"]).view(np.dtype((np.void, 16))).ravel()
         ids = np.flatnonzero(alive)
         order = ids[np.lexsort((rank[ids], hashes[ids]))]
         same = np.r_[False, hashes[order[1:]] == hashes[order[:-1]]]
         # The first copy of each run of equal hashes is its keeper.
         run_start = np.maximum.accumulate(np.where(same, 0, np.arange(len(order))))
         dup = order[same]
-        reason[dup] = "exact_duplicate"
+        reason[dup] = exact_code
         keeper[dup] = order[run_start][same]
         alive[dup] = False
     sizes: Counter[int] = Counter()
@@ -556,7 +569,7 @@ def clusters(cfg: PrepareConfig) -> dict[str, Any]:
         first = np.r_[True, label[ids[1:]] != label[ids[:-1]]]
         run_start = np.maximum.accumulate(np.where(first, np.arange(len(ids)), 0))
         dup = ids[~first]
-        reason[dup] = "near_duplicate"
+        reason[dup] = near_code
         keeper[dup] = ids[run_start][~first]
         alive[dup] = False
         sizes.update(Counter(Counter(label[ids].tolist()).values()))
@@ -567,17 +580,17 @@ def clusters(cfg: PrepareConfig) -> dict[str, Any]:
     for u, unit in enumerate(units):
         lo, hi = int(offsets[u]), int(offsets[u + 1])
         entries = []
-        for i in range(lo, hi):
-            if reason[i]:
-                kept = int(keeper[i])
-                kept_at = (
-                    [int(unit_of[kept]), kept - int(offsets[unit_of[kept]])] if kept >= 0 else None
-                )
-                entries.append([i - lo, rejected[i] or reason[i], kept_at])
-                removed[reason[i]] += 1
-                removed_bytes[reason[i]] += int(nbytes[i])
-                if rejected[i]:
-                    heuristics[rejected[i]] += 1
+        for i in (lo + np.flatnonzero(reason[lo:hi])).tolist():
+            kept = int(keeper[i])
+            kept_at = (
+                [int(unit_of[kept]), kept - int(offsets[unit_of[kept]])] if kept >= 0 else None
+            )
+            why = reasons[reason[i]]
+            entries.append([i - lo, verdict_of[code[i]] or why, kept_at])
+            removed[why] += 1
+            removed_bytes[why] += int(nbytes[i])
+            if code[i]:
+                heuristics[verdict_of[code[i]]] += 1
         removals = {"unit": unit.index, "documents": hi - lo, "removed": entries}
         out.commit(removals_name(unit.index), json_bytes(removals))
     summary = {

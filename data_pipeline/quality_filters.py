@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import re
 import string
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from itertools import count, islice, repeat
+from itertools import compress, count, islice, repeat
+from operator import not_
 from typing import Any
 
 import numpy as np
@@ -88,19 +90,30 @@ _PARAGRAPH = re.compile(r"\n{2,}")
 _LINE = re.compile(r"\n+")
 # A whitespace-separated word with a letter; linear (a lookahead from each word start only).
 _ALPHA_WORD = re.compile(r"(?<!\S)(?=\S*?[^\W\d_])\S+")
-# For ASCII text the same count in two C passes: delete every byte that is neither a letter nor
-# whitespace, and count what splits; the separators \x1c-\x1f (whitespace to str.split, not
-# to bytes.split) become spaces first.
+# The same count in C passes: delete every ASCII byte that is neither a letter nor whitespace
+# and count the words left (the separators \x1c-\x1f, whitespace to str.split but not to
+# bytes.split, become spaces first). ASCII words left have a letter; a word left with other
+# bytes is decoded and searched. Text with whitespace beyond ASCII (which bytes.split does not
+# split on) takes the regex.
 _ASCII_SPACE = bytes(range(0x1C, 0x20))
 _ASCII_TO_SPACE = bytes.maketrans(_ASCII_SPACE, b" " * len(_ASCII_SPACE))
 _ASCII_NOT_LETTER = bytes(c for c in range(128) if not (chr(c).isalpha() or chr(c).isspace()))
+_WIDE_SPACE = re.compile(
+    "[" + "".join(chr(c) for c in range(0x80, sys.maxunicode + 1) if chr(c).isspace()) + "]"
+)
+_LETTER = re.compile(r"[^\W\d_]")
 
 
 def alpha_words(text: str) -> int:
     """Whitespace-separated words of ``text`` with at least one letter."""
-    if text.isascii():
-        return len(text.encode("ascii").translate(_ASCII_TO_SPACE, _ASCII_NOT_LETTER).split())
-    return len(_ALPHA_WORD.findall(text))
+    ascii_text = text.isascii()
+    if not ascii_text and _WIDE_SPACE.search(text):
+        return len(_ALPHA_WORD.findall(text))
+    left = text.encode("utf-8").translate(_ASCII_TO_SPACE, _ASCII_NOT_LETTER).split()
+    if ascii_text:
+        return len(left)
+    wide = list(compress(left, map(not_, map(bytes.isascii, left))))
+    return len(left) - len(wide) + sum(1 for w in wide if _LETTER.search(w.decode("utf-8")))
 
 
 def check_params(name: str, params: Mapping[str, Any]) -> None:

@@ -59,12 +59,14 @@ def test_signatures_equal_datasketch(kind: Literal["words", "chars"], size: int)
             assert np.count_nonzero(owner == d) == expected
 
 
-def test_letter_word_count_fast_path_equals_the_regex() -> None:
+def test_letter_word_count_fast_paths_equal_the_regex() -> None:
     rng = random.Random(0)
-    alphabet = "ab1_ #.-\t\n\x0b\x1c\x1f!%é"
-    for _ in range(3000):
-        text = "".join(rng.choices(alphabet, k=rng.randrange(0, 40)))
-        assert alpha_words(text) == len(_ALPHA_WORD.findall(text)), repr(text)
+    ascii_only = "ab1_ #.-\t\n\x0b\x1c\x1f!%"
+    wide = ascii_only + "é\u2013²½٣\u00a0\u3000ж"  # letters, a dash, numbers, a digit, spaces
+    for alphabet in (ascii_only, wide, wide.replace("\u00a0", "").replace("\u3000", "")):
+        for _ in range(2000):
+            text = "".join(rng.choices(alphabet, k=rng.randrange(0, 40)))
+            assert alpha_words(text) == len(_ALPHA_WORD.findall(text)), repr(text)
 
 
 MANY_BANDS = {**QUALITY, "minhash": {**QUALITY["minhash"], "bands": 150, "rows": 1}}

@@ -12,7 +12,8 @@ Recall = true positives / removals needed; precision = true positives / removed.
 
 CPU: ``time.process_time`` (one process, ``--workers 1``) of `prepare` alone (no quality) and
 of the quality stages (scan: filters, normalised hash, MinHash; buckets; clusters), run one
-after the other on the same files, ``--repeats`` times interleaved; medians.
+after the other on the same files, ``--repeats`` times interleaved; medians. The stages'
+split (scan / buckets / clusters) is printed too.
 
     PYTHONPATH=. python benchmarks/data_pipeline_quality.py --repeats 3
 """
@@ -46,10 +47,16 @@ FILTERS: list[dict[str, Any]] = [
     {"name": "gopher_quality", "params": {"min_words": 20}},
     {"name": "gopher_repetition"},
 ]
+# py3langid walks each byte through its DFA in Python: the language filter reads a prefix.
+LANGUAGE: dict[str, Any] = {"name": "language", "params": {"max_chars": 1000}}
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "prepare alone": None,
     "exact + MinHash dedup": DEDUP,
     "Gopher filters + exact + MinHash dedup": {**DEDUP, "filters": FILTERS},
+    "Gopher filters + language id (first 1,000 chars) + exact + MinHash dedup": {
+        **DEDUP,
+        "filters": [*FILTERS, LANGUAGE],
+    },
 }
 
 
@@ -179,6 +186,7 @@ def main() -> None:
             )
         )
         stages_s: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        parts_s: dict[str, list[tuple[float, float, float]]] = {name: [] for name in VARIANTS}
         total_s: dict[str, list[float]] = {name: [] for name in VARIANTS}
         result: dict[str, Any] = {}
         for rep in range(args.repeats):
@@ -188,8 +196,12 @@ def main() -> None:
                 t = time.process_time()
                 if quality is not None:
                     scan(cfg, workers=1)
+                    t_scan = time.process_time()
                     buckets(cfg)
+                    t_buckets = time.process_time()
                     clusters(cfg)
+                    now = time.process_time()
+                    parts_s[name].append((t_scan - t, t_buckets - t_scan, now - t_buckets))
                 stages_s[name].append(time.process_time() - t)
                 rejected = d / f"rejected{rep}"
                 prepare(cfg, workers=1, keep_rejected=str(rejected) if quality else None)
@@ -216,6 +228,11 @@ def main() -> None:
                 f"| {name} | {stages / mb:.3f} | {stages / plain:.2f} | {total / mb:.3f} | "
                 f"{total / plain:.2f} |"
             )
+        print("\nstages CPU s/MB (medians): scan / buckets / clusters")
+        for name, parts in parts_s.items():
+            if parts:
+                split = [statistics.median(p[i] for p in parts) / mb for i in range(3)]
+                print(f"  {name}: " + " / ".join(f"{v:.3f}" for v in split))
     finally:
         shutil.rmtree(d, ignore_errors=True)
 

@@ -15,15 +15,37 @@ from __future__ import annotations
 
 import re
 import string
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from itertools import count, repeat
+from itertools import compress, count, islice, repeat
+from operator import not_
 from typing import Any
 
 import numpy as np
 
 Verdict = str | None  # None: keep; otherwise the heuristic that rejected the document
 Filter = Callable[[str], Verdict]
+
+
+class Text:
+    """A document and what several filters read from it, computed once per document: the
+    chain's filters share one whitespace split instead of each splitting the text again."""
+
+    __slots__ = ("_words", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._words: list[str] | None = None
+
+    @property
+    def words(self) -> list[str]:
+        if self._words is None:
+            self._words = self.text.split()
+        return self._words
+
+
+Check = Callable[[Text], Verdict]
 
 # Defaults follow datatrove's Gopher filters (which follow the Gopher paper).
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -68,6 +90,30 @@ _PARAGRAPH = re.compile(r"\n{2,}")
 _LINE = re.compile(r"\n+")
 # A whitespace-separated word with a letter; linear (a lookahead from each word start only).
 _ALPHA_WORD = re.compile(r"(?<!\S)(?=\S*?[^\W\d_])\S+")
+# The same count in C passes: delete every ASCII byte that is neither a letter nor whitespace
+# and count the words left (the separators \x1c-\x1f, whitespace to str.split but not to
+# bytes.split, become spaces first). ASCII words left have a letter; a word left with other
+# bytes is decoded and searched. Text with whitespace beyond ASCII (which bytes.split does not
+# split on) takes the regex.
+_ASCII_SPACE = bytes(range(0x1C, 0x20))
+_ASCII_TO_SPACE = bytes.maketrans(_ASCII_SPACE, b" " * len(_ASCII_SPACE))
+_ASCII_NOT_LETTER = bytes(c for c in range(128) if not (chr(c).isalpha() or chr(c).isspace()))
+_WIDE_SPACE = re.compile(
+    "[" + "".join(chr(c) for c in range(0x80, sys.maxunicode + 1) if chr(c).isspace()) + "]"
+)
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def alpha_words(text: str) -> int:
+    """Whitespace-separated words of ``text`` with at least one letter."""
+    ascii_text = text.isascii()
+    if not ascii_text and _WIDE_SPACE.search(text):
+        return len(_ALPHA_WORD.findall(text))
+    left = text.encode("utf-8").translate(_ASCII_TO_SPACE, _ASCII_NOT_LETTER).split()
+    if ascii_text:
+        return len(left)
+    wide = list(compress(left, map(not_, map(bytes.isascii, left))))
+    return len(left) - len(wide) + sum(1 for w in wide if _LETTER.search(w.decode("utf-8")))
 
 
 def check_params(name: str, params: Mapping[str, Any]) -> None:
@@ -92,7 +138,13 @@ def check_params(name: str, params: Mapping[str, Any]) -> None:
 
 
 def build_filter(name: str, params: Mapping[str, Any]) -> Filter:
-    """The filter ``name`` with ``params`` over its defaults."""
+    """The filter ``name`` with ``params`` over its defaults, as a function of the text."""
+    check = build_check(name, params)
+    return lambda text: check(Text(text))
+
+
+def build_check(name: str, params: Mapping[str, Any]) -> Check:
+    """The filter ``name`` with ``params`` over its defaults, as a function of a `Text`."""
     check_params(name, params)
     p = {**DEFAULTS[name], **params}
     if name == "length":
@@ -110,18 +162,19 @@ class FilterChain:
 
     def __init__(self, specs: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
         self.names = [name for name, _ in specs]
-        self.filters = [build_filter(name, params) for name, params in specs]
+        self.filters = [build_check(name, params) for name, params in specs]
 
     def reject(self, text: str) -> tuple[int, str] | None:
+        doc = Text(text)
         for index, check in enumerate(self.filters):
-            verdict = check(text)
+            verdict = check(doc)
             if verdict is not None:
                 return index, verdict
         return None
 
 
 # -- filters ------------------------------------------------------------------------------
-def _length(p: dict[str, Any]) -> Filter:
+def _length(p: dict[str, Any]) -> Check:
     min_bytes, max_bytes, min_words, max_words = (
         p["min_bytes"],
         p["max_bytes"],
@@ -130,15 +183,15 @@ def _length(p: dict[str, Any]) -> Filter:
     )
     count_words = min_words > 0 or max_words >= 0
 
-    def check(text: str) -> Verdict:
+    def check(doc: Text) -> Verdict:
         if min_bytes or max_bytes >= 0:
-            n = len(text.encode("utf-8"))
+            n = len(doc.text.encode("utf-8"))
             if n < min_bytes:
                 return "min_bytes"
             if 0 <= max_bytes < n:
                 return "max_bytes"
         if count_words:
-            words = len(text.split())
+            words = len(doc.words)
             if words < min_words:
                 return "min_words"
             if 0 <= max_words < words:
@@ -148,10 +201,12 @@ def _length(p: dict[str, Any]) -> Filter:
     return check
 
 
-def _gopher_quality(p: dict[str, Any]) -> Filter:
+def _gopher_quality(p: dict[str, Any]) -> Check:
     # Per-word work through C-level map/regex calls: this runs over every word of the corpus.
-    def check(text: str) -> Verdict:
-        words = text.split()
+    min_stop_words = p["min_stop_words"]
+
+    def check(doc: Text) -> Verdict:
+        text, words = doc.text, doc.words
         n = len(words)
         if n < p["min_words"]:
             return "min_words"
@@ -175,11 +230,13 @@ def _gopher_quality(p: dict[str, Any]) -> Filter:
             ellipses = sum(1 for line in lines if line.rstrip().endswith(ELLIPSES))
             if ellipses / len(lines) > p["max_ellipsis_lines_ratio"]:
                 return "ellipsis_lines_ratio"
-        alpha = len(_ALPHA_WORD.findall(text))  # whitespace-separated words with a letter
-        if alpha / n < p["max_non_alpha_words_ratio"]:
+        if alpha_words(text) / n < p["max_non_alpha_words_ratio"]:
             return "non_alpha_words_ratio"
-        if sum(map(STOP_WORDS.__contains__, map(str.lower, stripped))) < p["min_stop_words"]:
-            return "stop_words"
+        if min_stop_words > 0:
+            # Stop at the min_stop_words-th stop word (in prose, within the first few words).
+            stop_words = filter(STOP_WORDS.__contains__, map(str.lower, stripped))
+            if next(islice(stop_words, min_stop_words - 1, None), None) is None:
+                return "stop_words"
         return None
 
     return check
@@ -234,54 +291,79 @@ def _repeated_ngram_chars(words: list[str], keys: np.ndarray, ends: np.ndarray, 
     return repeated
 
 
-def _gopher_repetition(p: dict[str, Any]) -> Filter:
+def _repeats(keys: np.ndarray) -> int:
+    """Keys equal to an earlier one (a plain sort: cheaper than `np.unique`'s argsort)."""
+    ordered = np.sort(keys)
+    return int(np.count_nonzero(ordered[1:] == ordered[:-1]))
+
+
+def _gopher_repetition(p: dict[str, Any]) -> Check:
     top = [(n, p[f"top_{n}gram_frac"]) for n in (2, 3, 4)]
     dup = [(n, p[f"dup_{n}gram_frac"]) for n in range(5, 11)]
 
-    def check(text: str) -> Verdict:
+    def check(doc: Text) -> Verdict:
+        text = doc.text
         size = len(text)
         if size == 0:
             return None
-        paragraphs = _PARAGRAPH.split(text.strip())
+        stripped = text.strip()
+        # The regex splits only where there is something to split (one-paragraph and one-line
+        # documents are common and then skip it).
+        paragraphs = _PARAGRAPH.split(stripped) if "\n\n" in stripped else [stripped]
         dups, chars = _duplicates(paragraphs)
         if dups / len(paragraphs) > p["dup_para_frac"]:
             return "dup_para_frac"
         if chars / size > p["dup_para_char_frac"]:
             return "dup_para_char_frac"
-        lines = _LINE.split(text)
+        lines = _LINE.split(text) if "\n" in text else [text]
         dups, chars = _duplicates(lines)
         if dups / len(lines) > p["dup_line_frac"]:
             return "dup_line_frac"
         if chars / size > p["dup_line_char_frac"]:
             return "dup_line_char_frac"
-        words = text.split()
+        words = doc.words
+        if not words:
+            return None
         ids = word_ids(words)
-        lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-        ends = np.concatenate([[0], np.cumsum(lengths)])  # characters before word i: ends[i]
-        most = len(words)  # occurrences of the most frequent (n-1)-gram: bounds the n-gram's
+        ends = np.zeros(len(words) + 1, dtype=np.int64)  # characters before word i: ends[i]
+        np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)), out=ends[1:])
+        # Bounds first, counting only when a bound fails (usual prose passes them all). An
+        # n-gram occurs at most as often as its rarest word, so its occurrences x characters
+        # are at most the sum over its words of count x length: at most n x the largest such
+        # product of one word. And at most as often as the most frequent (n-1)-gram.
+        times = np.bincount(ids)
+        length = np.zeros(len(times), dtype=np.int64)
+        length[ids] = ends[1:] - ends[:-1]
+        heaviest = int((times * length).max())
+        most = int(times.max())
         for n, frac in top:
-            if len(words) < n:
+            if len(words) < n or n * heaviest / size <= frac:
                 continue
             longest = int((ends[n:] - ends[:-n]).max())
             if most * longest / size <= frac:
-                continue  # cannot fail: skip counting (usual for prose)
+                continue
             keys = ngram_keys(ids, n)
-            _, first, times = np.unique(keys, return_index=True, return_counts=True)
-            best = int(np.argmax(times))
-            most = int(times[best])
+            _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+            best = int(np.argmax(counts))
+            most = int(counts[best])
             if most > 1:
                 i = int(first[best])
                 if int(ends[i + n] - ends[i]) * most / size > frac:
                     return f"top_{n}gram_frac"
+        keys = ngram_keys(ids, dup[0][0] - 1) if len(words) >= dup[0][0] else ids[:0]
         for n, frac in dup:
             if len(words) < n:
-                continue
-            keys = ngram_keys(ids, n)
-            _, first = np.unique(keys, return_index=True)
-            if len(first) == len(keys):
+                break
+            keys = keys[:-1] * _MIX + ids[n - 1 :].astype(np.uint64)  # the n-grams' keys
+            repeats = _repeats(keys)
+            if repeats == 0:
                 break  # no n-gram repeats, so no longer one does either
-            # Every position whose n-gram occurred earlier, overlapping ones included, bounds
-            # the paper's count from above; only when that bound fails is the exact scan run.
+            # Bounds of the paper's count: repeats x the longest n-gram, then the characters
+            # of every position whose n-gram occurred earlier (overlaps included); only when
+            # both fail is the exact left-to-right scan run.
+            if repeats * int((ends[n:] - ends[:-n]).max()) / size <= frac:
+                continue
+            _, first = np.unique(keys, return_index=True)
             later = np.ones(len(keys), dtype=bool)
             later[first] = False
             starts = np.flatnonzero(later)
@@ -294,7 +376,7 @@ def _gopher_repetition(p: dict[str, Any]) -> Filter:
     return check
 
 
-def _language(p: dict[str, Any]) -> Filter:
+def _language(p: dict[str, Any]) -> Check:
     from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
     identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
@@ -304,8 +386,8 @@ def _language(p: dict[str, Any]) -> Filter:
         raise ValueError(f"filter 'language': unknown language code(s) {sorted(unknown)}")
     min_score, max_chars = p["min_score"], p["max_chars"]
 
-    def check(text: str) -> Verdict:
-        lang, score = identifier.classify(text[:max_chars])
+    def check(doc: Text) -> Verdict:
+        lang, score = identifier.classify(doc.text[:max_chars])
         if lang not in wanted:
             return f"language_{lang}"
         if score < min_score:

@@ -13,13 +13,16 @@ Array task i runs ``data-pipeline STEP RECIPE --num-tasks N --task-index $SLURM_
 submitted with ``--dependency=afterok:<previous job>``, so it starts only once every task of the
 step before it succeeded. Every step is resumable: a failed task is rerun alone with
 ``sbatch --array=<i> <its script>`` (committed units and stage files are skipped, never redone),
-then the remaining steps are submitted again (`--from STEP`).
+then the remaining steps are submitted again (`--from STEP --after <rerun job>`). The steps
+already queued behind the failed one never start (their afterok can no longer be met): SLURM
+cancels them, or leaves them pending with DependencyNeverSatisfied for `scancel`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shlex
 import subprocess
 import sys
@@ -43,9 +46,10 @@ EPILOG = """examples:
       --tasks 8 --max-concurrent 4 --dry-run
   python -m launch.prep configs/cluster/slurm_cpu.yaml configs/data/wikitext2_quality.yaml \\
       --tasks 8 -c partition=cpu
-  # after fixing what made prepare task 3 fail: rerun it alone, then what follows
-  sbatch --array=3 runs/slurm/wikitext2_quality-prepare.sbatch
-  python -m launch.prep CLUSTER RECIPE --tasks 8 --from finalize
+  # after fixing what made prepare task 3 fail: rerun it alone, then what follows once it
+  # succeeded (scancel the old finalize if it still waits on DependencyNeverSatisfied)
+  job=$(sbatch --parsable --array=3 runs/slurm/wikitext2_quality-prepare.sbatch)
+  python -m launch.prep CLUSTER RECIPE --tasks 8 --from finalize --after "$job"
 """
 
 
@@ -156,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-concurrent", type=int, default=8, help="array tasks running at once (%%K)"
     )
     parser.add_argument("--from", dest="first", choices=STEPS, help="submit from this step on")
+    parser.add_argument(
+        "--after",
+        metavar="JOB",
+        help="the first step submitted waits for this job (afterok): a rerun array task",
+    )
     add_cluster_set_argument(parser, example="-c partition=cpu")
     parser.add_argument("--dry-run", action="store_true", help="print the scripts; submit none")
     return parser
@@ -166,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_console(verbosity(args))
     if args.tasks < 1 or args.bucket_tasks < 1 or args.max_concurrent < 1:
         print("error: --tasks, --bucket-tasks and --max-concurrent must be >= 1", file=sys.stderr)
+        return 2
+    if args.after is not None and not re.fullmatch(r"\d+(_\d+)?", args.after):
+        print(f"error: --after {args.after}: not a SLURM job id (like 1234)", file=sys.stderr)
         return 2
     try:
         cluster = load_config(ClusterConfig, args.cluster, args.cluster_set)
@@ -185,7 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps = steps[names.index(args.first) :]
     out = Path(cluster.output_dir)
     out = out if out.is_absolute() else workdir / out
-    previous: str | None = None
+    # Without --after, the first step starts at once: right for a fresh run, wrong while a
+    # rerun task of the step before it is still queued (finalize would find units missing).
+    previous: str | None = args.after
     for step in steps:
         text = render(
             cluster,

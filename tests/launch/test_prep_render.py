@@ -47,3 +47,14 @@ def test_quality_recipe_adds_its_stages_and_from_skips(
     text = dry_run(tmp_path, capsys, *over, "--from", "prepare")
     assert steps(text) == ["prepare", "finalize"]
     assert "sbatch --dependency" not in text.split("\n", 1)[0]  # the first step waits for none
+
+
+def test_after_makes_the_first_step_wait_for_a_rerun_task(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = dry_run(tmp_path, capsys, "--from", "finalize", "--after", "1234")
+    assert steps(text) == ["finalize"]
+    assert re.match(r"# ==== \S+r-finalize.sbatch: sbatch --dependency=afterok:1234 ", text)
+    recipe = str(tmp_path / "r.yaml")
+    assert main([PROFILE, recipe, "--dry-run", "--after", "12;rm"]) == 2
+    assert "error: --after 12;rm: not a SLURM job id" in capsys.readouterr().err

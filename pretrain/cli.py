@@ -233,8 +233,8 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--register",
         metavar="NAME",
-        help="also register the export in MLflow's "
-        "model registry as NAME (the checkpoint's tracking store)",
+        help="also log the export as an MLflow model (transformers flavor for hf decoders and "
+        "encoders, pyfunc otherwise) and register it as NAME in the checkpoint's tracking store",
     )
     parser.add_argument(
         "overrides",

@@ -417,6 +417,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def lm_eval_main() -> int:
+    """``mnemos-lm-eval``: lm-eval's own command line, every option as ``lm_eval`` takes it,
+    with the ``mnemos`` model type registered (`pretrain.evaluate.harness`; lm-eval 0.4.13
+    reads no entry points for models, so the ``lm_eval`` script cannot know it). Our refusals
+    (no such checkpoint, a corrupt export, an encoder) end in one ``error:`` line, as the
+    ``pretrain`` commands' do."""
+    from lm_eval.__main__ import cli_evaluate
+
+    import pretrain.evaluate.harness  # noqa: F401  (registers the mnemos model type)
+
+    try:
+        cli_evaluate()
+    except Exception as err:
+        code = exit_code(err, "evaluate")
+        if code is None:
+            raise
+        print(f"error: {one_line(str(err))}", file=sys.stderr, flush=True)
+        return code
+    return 0
+
+
 def _leave_process_group() -> None:
     """Tear the process group down once the command is done, not at interpreter exit: gloo's
     threads destroyed during shutdown can abort a rank that has finished its work ("terminate

@@ -5,11 +5,12 @@
         --model_args checkpoint=runs/shakespeare_xl/checkpoints --tasks lambada_openai
 
 is ``lm_eval`` with this model registered (``python -m pretrain.evaluate.harness`` is the
-same). lm-eval 0.4.13 finds models in its in-process registry only, filled by its own
-``lm_eval.models`` and by whatever the running program imported: it reads no entry points and
-has no option that imports a module, so the ``lm_eval`` script cannot know ``mnemos``; this
-module's `main` is that script with the import done first. ``import pretrain.evaluate.harness``
-does the same for ``lm_eval.simple_evaluate(model="mnemos", ...)``.
+same, with lm-eval's own error output). lm-eval 0.4.13 finds models in its in-process registry
+only, filled by its own ``lm_eval.models`` and by whatever the running program imported: it
+reads no entry points and has no option that imports a module, so the ``lm_eval`` script cannot
+know ``mnemos``. ``mnemos-lm-eval`` (`pretrain.cli.lm_eval_main`) is that script with this
+import done first. ``import pretrain.evaluate.harness`` does the same for
+``lm_eval.simple_evaluate(model="mnemos", ...)``.
 
 Text is scored as ``pretrain evaluate`` scores it: segments of ``seq_len`` tokens with
 Transformer-XL memory of ``mem_len`` carried from each to the next (the checkpoint's settings
@@ -25,7 +26,6 @@ documents therefore gives the perplexity `pretrain evaluate --streams 1 --batche
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -179,25 +179,7 @@ class MnemosLM(LM):
         return results
 
 
-def main() -> int:
-    """``mnemos-lm-eval``: lm-eval's own command line, every option as ``lm_eval`` takes it,
-    with the ``mnemos`` model type registered (importing this module did that). Our refusals
-    (a missing checkpoint, a corrupt export, an encoder) end in one ``error:`` line, as the
-    ``pretrain`` commands' do."""
+if __name__ == "__main__":  # lm-eval's command line as it is (mnemos-lm-eval adds error lines)
     from lm_eval.__main__ import cli_evaluate
 
-    from pretrain.cli import exit_code, one_line
-
-    try:
-        cli_evaluate()
-    except Exception as err:
-        code = exit_code(err, "evaluate")
-        if code is None:
-            raise
-        print(f"error: {one_line(str(err))}", file=sys.stderr, flush=True)
-        return code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    cli_evaluate()

@@ -9,7 +9,7 @@ not only a folder of files.
   and a mnemos export's modelling code goes along either way (`save_pretrained` copies a remote
   model's code).
 * ``--format hf`` encoder-decoders (transformers 5 dropped the sequence-to-sequence pipelines)
-  and native exports: a pyfunc model from code, `pretrain.export.mlflow_pyfunc`, with the
+  and native exports: a pyfunc model from code, `pretrain.generate.mlflow_pyfunc`, with the
   export directory as its artifact.
 """
 
@@ -22,7 +22,9 @@ from pretrain.export.package import AUTO_CLASSES
 from pretrain.pretrained import INFO_FILE
 
 PIPELINE_TASKS = {"decoder": "text-generation", "encoder": "fill-mask"}
-PYFUNC_CODE = Path(__file__).resolve().parent / "mlflow_pyfunc.py"
+# The pyfunc model's code: a file MLflow copies into the model, named by path, not imported
+# (it generates text, so it lives with generation, a stage above export).
+PYFUNC_CODE = Path(__file__).resolve().parents[1] / "generate" / "mlflow_pyfunc.py"
 
 
 def _requirements() -> list[str]:
@@ -45,13 +47,18 @@ def _model_card(export_dir: Path) -> object:
 
     info = json.loads((export_dir / INFO_FILE).read_text())
     lines = [f"- {key}: {value}" for key, value in sorted(info.items())]
-    return ModelCard("\n".join(["# " + str(info.get("name", "mnemos export")), "", *lines]))
+    header = ["---", "library_name: transformers", "tags: [mnemos]", "---", ""]
+    title = "# " + str(info.get("name", "mnemos export"))
+    return ModelCard("\n".join([*header, title, "", *lines]))
 
 
 def save_mlflow_model(export_dir: str | Path, path: str | Path, *, family: str) -> str:
     """Write the MLflow model of ``export_dir`` (an export of a ``family`` model) to ``path``,
     which must not exist; returns the flavor it was saved with."""
-    export_dir, path = Path(export_dir), Path(path)
+    # Absolute: the flavor looks a model's license up on the Hub by the name it was loaded
+    # from, and a relative path such as exports/xl_hf reads as a repo id (retried for ~30 s
+    # offline); an absolute path is no repo id and is skipped at once.
+    export_dir, path = Path(export_dir).resolve(), Path(path)
     fmt = json.loads((export_dir / INFO_FILE).read_text())["format"]
     if fmt == "hf" and family in PIPELINE_TASKS:
         import mlflow.transformers

@@ -21,11 +21,14 @@ In every kind special tokens in the text stay text (``split_special_tokens``), a
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
 from data_pipeline.tokenizer import SP_ESCAPE, SP_META, Tokenizer
+
+logger = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _NEVER = -1e9  # the score of pieces a segmentation must never use
@@ -69,7 +72,16 @@ def _from_sentencepiece(tokenizer: Tokenizer) -> Any:
         normalizers.Replace(SP_META, SP_ESCAPE + "u"),
     ]
     hf.normalizer = normalizers.Sequence([*escape, hf.normalizer])
-    if breakers := _unmatchable_characters(pieces):
+    breakers = _unmatchable_characters(pieces)
+    whole = [p.piece for p in pieces if p.type in (_UNKNOWN, _CONTROL, _BYTE)]
+    if unbroken := [piece for piece in whole if not set(piece) & set(breakers)]:
+        logger.warning(
+            "tokenizer.json: the text of %d special piece(s) (%s) can match whole, where our "
+            "tokenizer spells it out; ids differ for documents that contain it",
+            len(unbroken),
+            ", ".join(unbroken[:5]),
+        )
+    if breakers:
         isolate = pre_tokenizers.Split(Regex("[" + re.escape(breakers) + "]"), behavior="isolated")
         steps = [hf.pre_tokenizer, isolate] if hf.pre_tokenizer is not None else [isolate]
         hf.pre_tokenizer = pre_tokenizers.Sequence(steps)

@@ -80,6 +80,7 @@ def _environment() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_DATASETS_OFFLINE": "1"}
 
 
+@pytest.mark.slow
 def test_console_script_runs_both_task_kinds(export: Path, tmp_path: Path) -> None:
     documents = [
         line

@@ -86,6 +86,7 @@ def _ids(tokenizer: Tokenizer) -> torch.Tensor:
     return torch.tensor([tokenizer.encode(PROMPT)])
 
 
+@pytest.mark.slow  # ~35 s on a loaded 2-core machine (the flavor's pipeline loads twice)
 def test_hf_decoder_loads_with_the_transformers_flavor(
     tokenizer: Tokenizer, tmp_path: Path
 ) -> None:

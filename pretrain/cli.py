@@ -233,8 +233,8 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--register",
         metavar="NAME",
-        help="also register the export in MLflow's "
-        "model registry as NAME (the checkpoint's tracking store)",
+        help="also log the export as an MLflow model (transformers flavor for hf decoders and "
+        "encoders, pyfunc otherwise) and register it as NAME in the checkpoint's tracking store",
     )
     parser.add_argument(
         "overrides",
@@ -415,6 +415,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         _leave_process_group()
     return code
+
+
+def lm_eval_main() -> int:
+    """``mnemos-lm-eval``: lm-eval's own command line, every option as ``lm_eval`` takes it,
+    with the ``mnemos`` model type registered (`pretrain.evaluate.harness`; lm-eval 0.4.13
+    reads no entry points for models, so the ``lm_eval`` script cannot know it). Our refusals
+    (no such checkpoint, a corrupt export, an encoder) end in one ``error:`` line, as the
+    ``pretrain`` commands' do."""
+    from lm_eval.__main__ import cli_evaluate
+
+    import pretrain.evaluate.harness  # noqa: F401  (registers the mnemos model type)
+
+    try:
+        cli_evaluate()
+    except Exception as err:
+        code = exit_code(err, "evaluate")
+        if code is None:
+            raise
+        print(f"error: {one_line(str(err))}", file=sys.stderr, flush=True)
+        return code
+    return 0
 
 
 def _leave_process_group() -> None:

@@ -303,14 +303,15 @@ def register_model(
     config: ExperimentConfig,
     *,
     name: str,
-    directory: str | Path,
+    model_dir: str | Path,
     training_run_id: str | None,
     step: int,
 ) -> tuple[str, str]:
-    """Log an exported model directory as artifacts of a run linked to the training run, and
-    register it as a new version of model ``name``. Returns (run id, version)."""
+    """Log an MLflow model folder (`pretrain.export.mlflow_model`: an export saved with a
+    flavor) as ``model`` in a run linked to the training run, and register it as a new version
+    of model ``name``, which ``models:/NAME/VERSION`` then loads. Returns (run id, version)."""
     client, run_id = _linked_run(config, "export", step, training_run_id)
-    client.log_artifacts(run_id, str(directory), "model")
+    client.log_artifacts(run_id, str(model_dir), "model")
     client.set_terminated(run_id, status="FINISHED")
     from mlflow.exceptions import MlflowException
 

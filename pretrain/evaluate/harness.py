@@ -1,12 +1,16 @@
 """lm-evaluation-harness model type ``mnemos``: a checkpoint or a native export, evaluated by
 ``lm_eval`` directly (the ``[eval]`` extra installs lm-eval).
 
-    python -m pretrain.evaluate.harness --model mnemos \\
+    mnemos-lm-eval --model mnemos \\
         --model_args checkpoint=runs/shakespeare_xl/checkpoints --tasks lambada_openai
 
-is ``lm_eval`` with this model registered (lm-eval finds models in its registry only, so the
-module that registers it must be imported first; ``import pretrain.evaluate.harness`` does that
-for ``lm_eval.simple_evaluate(model="mnemos", ...)``).
+is ``lm_eval`` with this model registered (``python -m pretrain.evaluate.harness`` is the
+same, with lm-eval's own error output). lm-eval 0.4.13 finds models in its in-process registry
+only, filled by its own ``lm_eval.models`` and by whatever the running program imported: it
+reads no entry points and has no option that imports a module, so the ``lm_eval`` script cannot
+know ``mnemos``. ``mnemos-lm-eval`` (`pretrain.cli.lm_eval_main`) is that script with this
+import done first. ``import pretrain.evaluate.harness`` does the same for
+``lm_eval.simple_evaluate(model="mnemos", ...)``.
 
 Text is scored as ``pretrain evaluate`` scores it: segments of ``seq_len`` tokens with
 Transformer-XL memory of ``mem_len`` carried from each to the next (the checkpoint's settings
@@ -33,7 +37,11 @@ from torch import Tensor
 
 from data_pipeline.tokenizer import Tokenizer
 from pretrain.checkpoint.reading import consolidated_state_dict, model_from_state, open_checkpoint
-from pretrain.checkpoint.tokenizer import manifest_tokenizer, training_manifest
+from pretrain.checkpoint.tokenizer import (
+    data_manifest_url,
+    manifest_tokenizer,
+    training_manifest,
+)
 from pretrain.model import Decoder, decode_step
 from pretrain.pretrained import is_export, load_pretrained
 
@@ -55,7 +63,7 @@ def _load(path: str, step: int | None) -> tuple[Decoder, Tokenizer, int]:
     else:
         checkpoint = open_checkpoint(path, step, [])
         config = checkpoint.config
-        manifest = training_manifest(config.data.manifest)
+        manifest = training_manifest(data_manifest_url(checkpoint.saved_config.data))
         tokenizer = Tokenizer.load(str(manifest_tokenizer(manifest, None).path))
         state = consolidated_state_dict(checkpoint)
         model = model_from_state(config, state, torch.float32).eval()
@@ -171,7 +179,7 @@ class MnemosLM(LM):
         return results
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # lm-eval's command line as it is (mnemos-lm-eval adds error lines)
     from lm_eval.__main__ import cli_evaluate
 
     cli_evaluate()

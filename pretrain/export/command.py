@@ -4,7 +4,7 @@ Recipe: verify the step → consolidate the ZeRO shards (fp32 master weights) �
 tokenizer and check its hash against the dataset's → write the native format
 (`pretrain.pretrained`) or the HF format (`pretrain.export.hf`: GPT-2 / Llama where exact, else
 our generated modelling code; the tokenizer for AutoTokenizer by `pretrain.export.hf_tokenizer`)
-→ optionally register the directory in MLflow's model registry.
+→ optionally log it as an MLflow model (`pretrain.export.mlflow_model`) and register it.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -128,14 +129,23 @@ def main(args: argparse.Namespace) -> int:
     )
     print(f"exported step {checkpoint.step} ({record['format']}) to {args.out}", flush=True)
     if args.register:
-        from pretrain.tracking import register_model
+        register(checkpoint, args.out, args.register)
+    return 0
 
+
+def register(checkpoint: Checkpoint, out: str | Path, name: str) -> None:
+    """Log the export as an MLflow model (`pretrain.export.mlflow_model`) and register it."""
+    from pretrain.export.mlflow_model import save_mlflow_model
+    from pretrain.tracking import register_model
+
+    with tempfile.TemporaryDirectory(prefix="mnemos-mlflow-") as scratch:
+        model_dir = Path(scratch) / "model"
+        flavor = save_mlflow_model(out, model_dir, family=checkpoint.config.model.family)
         run_id, version = register_model(
             checkpoint.config,
-            name=args.register,
-            directory=args.out,
+            name=name,
+            model_dir=model_dir,
             training_run_id=checkpoint.run_id,
             step=checkpoint.step,
         )
-        print(f"registered as {args.register} version {version} (MLflow run {run_id})")
-    return 0
+    print(f"registered as {name} version {version} ({flavor} model, MLflow run {run_id})")

@@ -8,8 +8,10 @@
   user-defined pieces and byte fallback. Three things are ours to add: a char model is given to
   it as the unigram over its single-character pieces it is (its segmentation is unique); our
   control and unknown pieces get a score no segmentation picks (sentencepiece never matches
-  them in text; as unigram pieces ``<s>`` would beat its three characters); and our U+2581
-  escape (`data_pipeline.tokenizer.sp_escape`) runs first, as two ``Replace`` normalisers.
+  them in text; as unigram pieces ``<s>`` would beat its three characters); a pre-tokenizer
+  isolates the characters that keep such a piece's text from matching whole
+  (`_unmatchable_characters`); and our U+2581 escape (`data_pipeline.tokenizer.sp_escape`)
+  runs first, as two ``Replace`` normalisers.
 
 In every kind special tokens in the text stay text (``split_special_tokens``), as our
 ``encode`` has them, and nothing is added around the ids (no post-processor): our
@@ -19,19 +21,40 @@ In every kind special tokens in the text stay text (``split_special_tokens``), a
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
 from data_pipeline.tokenizer import SP_ESCAPE, SP_META, Tokenizer
+
+logger = logging.getLogger(__name__)
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 _NEVER = -1e9  # the score of pieces a segmentation must never use
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _BYTE = 1, 2, 3, 4, 6
 
 
+def _unmatchable_characters(pieces: Any) -> str:
+    """Characters that stop a control or unknown piece's text (``<s>``, ``<unk>``, sentinels,
+    byte pieces' ``<0x41>``) from matching as one piece, as sentencepiece never matches them.
+    tokenizers' unigram and BPE models match every vocabulary entry, and no score keeps them
+    out: an unknown character costs the lowest piece score less a penalty, so our control
+    pieces' score, the lowest, still beats ``<`` spelled out by byte fallback. Isolated by a
+    pre-tokenizer, such a character ends every match at its edges; those chosen here belong
+    to no piece sentencepiece can use of more than one character, so for every other text the
+    segmentation is the one the lattice found anyway."""
+    special = {_UNKNOWN, _CONTROL, _BYTE}
+    used = {p.piece for p in pieces if p.type not in special and len(p.piece) > 1}
+    in_used = {char for piece in used for char in piece}
+    return "".join(
+        sorted({char for p in pieces if p.type in special for char in p.piece} - in_used)
+    )
+
+
 def _from_sentencepiece(tokenizer: Tokenizer) -> Any:
     from sentencepiece import sentencepiece_model_pb2
-    from tokenizers import AddedToken, normalizers
+    from tokenizers import AddedToken, Regex, normalizers, pre_tokenizers
     from transformers.convert_slow_tokenizer import SpmConverter
 
     proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]
@@ -49,6 +72,19 @@ def _from_sentencepiece(tokenizer: Tokenizer) -> Any:
         normalizers.Replace(SP_META, SP_ESCAPE + "u"),
     ]
     hf.normalizer = normalizers.Sequence([*escape, hf.normalizer])
+    breakers = _unmatchable_characters(pieces)
+    whole = [p.piece for p in pieces if p.type in (_UNKNOWN, _CONTROL, _BYTE)]
+    if unbroken := [piece for piece in whole if not set(piece) & set(breakers)]:
+        logger.warning(
+            "tokenizer.json: the text of %d special piece(s) (%s) can match whole, where our "
+            "tokenizer spells it out; ids differ for documents that contain it",
+            len(unbroken),
+            ", ".join(unbroken[:5]),
+        )
+    if breakers:
+        isolate = pre_tokenizers.Split(Regex("[" + re.escape(breakers) + "]"), behavior="isolated")
+        steps = [hf.pre_tokenizer, isolate] if hf.pre_tokenizer is not None else [isolate]
+        hf.pre_tokenizer = pre_tokenizers.Sequence(steps)
     hf.add_special_tokens(
         [
             AddedToken(p.piece, special=True, normalized=False)

@@ -1,5 +1,5 @@
 """`pretrain export`: the native format (load_pretrained, no DeepSpeed), the Hugging Face
-format in transformers, refusal for Transformer-XL, and MLflow registration."""
+format in transformers, and MLflow registration (models MLflow loads)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pretrain.checkpoint.reading import consolidated_state_dict, model_from_stat
 from pretrain.cli import main
 from pretrain.config import ModelConfig
 from pretrain.export.hf import save_hf
+from pretrain.generate.sampling import SamplingConfig, sample
 from pretrain.model import Decoder, build_model
 from pretrain.pretrained import load_pretrained
 from tests.conftest import REPO_ROOT
@@ -156,14 +157,37 @@ def test_transformer_xl_checkpoint_exports_to_hf_with_its_memory(
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_export_registers_the_model_in_mlflow(xl_run: TrainedRun, tmp_path: Path) -> None:
+    """Both formats go to the registry as models MLflow loads: the native export as pyfunc,
+    the hf export with the transformers flavor; each gives the checkpoint's generation."""
+    import mlflow
     from mlflow.tracking import MlflowClient
 
-    out = tmp_path / "registered"
-    assert main(["export", str(xl_run.checkpoints), str(out), "--register", "tiny-xl"]) == 0
+    native, hf = tmp_path / "native", tmp_path / "hf"
+    assert main(["export", str(xl_run.checkpoints), str(native), "--register", "tiny-xl"]) == 0
+    command = ["export", str(xl_run.checkpoints), str(hf), "--format", "hf"]
+    assert main([*command, "--register", "tiny-xl-hf"]) == 0
     client = MlflowClient(tracking_uri=xl_run.tracking_uri)
     (version,) = client.search_model_versions("name='tiny-xl'")
     assert version.run_id is not None
     run = client.get_run(version.run_id)
     assert run.data.tags["mnemos.training_run_id"] == xl_run.run_id
     names = {a.path for a in client.list_artifacts(version.run_id, "model")}
-    assert {"model/model.safetensors", "model/model_config.yaml", "model/export.json"} <= names
+    assert {"model/MLmodel", "model/mlflow_pyfunc.py", "model/artifacts"} <= names
+
+    pretrained = load_pretrained(native)
+    assert isinstance(pretrained.model, Decoder) and pretrained.tokenizer is not None
+    prompt = torch.tensor([pretrained.tokenizer.encode("ROMEO:")])
+    greedy = SamplingConfig(
+        max_new_tokens=12, temperature=0.0, vocab_size=pretrained.tokenizer.vocab_size
+    )
+    expected = sample(pretrained.model, prompt, greedy)[0].tolist()
+    mlflow.set_tracking_uri(xl_run.tracking_uri)
+    as_pyfunc = mlflow.pyfunc.load_model("models:/tiny-xl/1")
+    predicted = as_pyfunc.predict(["ROMEO:"], params={"max_new_tokens": 12})
+    assert predicted == [pretrained.tokenizer.decode(expected)]
+    components = mlflow.transformers.load_model("models:/tiny-xl-hf/1", return_type="components")
+    generated = components["model"].generate(prompt, max_new_tokens=12, do_sample=False)
+    assert generated[0, prompt.shape[1] :].tolist() == expected
+    with torch.no_grad():
+        ours, _ = pretrained.model(prompt)
+        torch.testing.assert_close(components["model"](prompt).logits, ours, atol=1e-4, rtol=0)

@@ -6,17 +6,19 @@ gives our tokens."""
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrain.config import ModelConfig
-from pretrain.export.hf import architecture, save_hf
+from pretrain.config import Activation, ModelConfig, Norm
+from pretrain.export.hf import save_hf
 from pretrain.export.package import ALLOWED_IMPORTS, package_files
 from pretrain.generate.sampling import SamplingConfig, sample
 from pretrain.model import Decoder, EncoderDecoder, LanguageModel, build_model, shift_right
@@ -202,7 +204,36 @@ def test_the_modelling_package_needs_only_torch_and_transformers() -> None:
         assert copy == (REPO_ROOT / "pretrain" / "model" / f"{module}.py").read_text()
 
 
-def test_no_family_or_scheme_is_refused() -> None:
-    for family in AUTO:
-        for position, mem_len in SCHEMES:
-            assert architecture(_config(family, position, mem_len)) in {"gpt2", "llama", "mnemos"}
+@pytest.mark.parametrize("family", list(AUTO))
+def test_no_family_scheme_or_variant_is_refused(tmp_path: Path, family: str) -> None:
+    """Every position scheme x norm x activation x bias x tying of ``family`` exports, and
+    the export names the Auto class that loads it; the mixed variants (no GPT-2 or Llama
+    layout) load with it and give our logits."""
+    tokens = _text_ids(24, offset=5000)
+    variants = itertools.product(SCHEMES, get_args(Norm), get_args(Activation), (True, False))
+    for index, ((position, mem_len), norm, activation, plain) in enumerate(variants):
+        config = replace(
+            _config(family, position, mem_len),
+            norm=norm,
+            activation=activation,
+            bias=not plain,
+            tie_embeddings=not plain,
+        )
+        out = tmp_path / str(index)
+        arch = save_hf(config, dict(build_model(config).state_dict()), out, special_ids=SPECIALS)
+        hf_config = json.loads((out / "config.json").read_text())
+        if arch == "mnemos":
+            assert AUTO[family] in hf_config["auto_map"]
+        else:
+            assert family == "decoder" and hf_config["model_type"] == arch
+        if (norm, activation) == ("rmsnorm", "gelu") and position == "rotary" and not mem_len:
+            torch.manual_seed(index)
+            model = build_model(config).eval()
+            hf = _export(model, tmp_path / f"{index}_loaded")
+            with torch.no_grad():
+                if family == "encoder_decoder":
+                    decoder_input = shift_right(tokens, SPECIALS["pad"])
+                    got = hf(input_ids=tokens, decoder_input_ids=decoder_input).logits
+                else:
+                    got = hf(tokens).logits
+                torch.testing.assert_close(got, _outputs(model, tokens), atol=1e-4, rtol=1e-4)

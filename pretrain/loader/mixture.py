@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from pretrain.config import DataConfig, MixtureSource
-from pretrain.loader.collate import Batch, Objective
+from pretrain.loader.collate import Batch, Objective, with_memory_reset
 from pretrain.loader.manifest import ManifestError, load_manifest
 from pretrain.loader.order import seed_int, seeded_rng
 from pretrain.loader.prefetch import Prefetcher
@@ -261,20 +261,22 @@ class MixtureLoader:
         b = self.micro_batch_size
         batches = []
         for k in range(self.grad_accum):
-            rows = []
+            rows, breaks = [], []
             for j in range(k * b, (k + 1) * b):
                 g = self.stream_ids[j]
                 s = self.source_of(g, step)
                 stream = self._streams[s][j]
                 seed = seed_int(self.seed, self.objective, self.names[s], g, *stream.position)
                 tokens, doc_start = stream.take(read, advance)
-                if step == 0 or self.source_of(g, step - 1) != s:
+                switched = step == 0 or self.source_of(g, step - 1) != s
+                if switched:
                     # Another source's text came before: it is no context for this one.
                     doc_start = doc_start.copy()
                     doc_start[:1] = True
                 rows.append((tokens, doc_start, seed))
+                breaks.append(switched or stream.last_take_breaks)
                 positions[s][g] = stream.position
-            batches.append(self.collator(rows, self.seq_len))
+            batches.append(with_memory_reset(self.collator(rows, self.seq_len), breaks))
         counts = np.bincount(
             [self.source_of(g, step) for g in range(self.num_streams)], minlength=len(self.names)
         )

@@ -1,8 +1,9 @@
 """Weighted mixtures of prepared datasets: the schedule's proportions over every window, each
-source read as its own contiguous streams with its own epochs, document starts at every change
-of source, exact resume (same and another world size with the same stream count, every
-objective and order, from the state of a process killed with SIGKILL), and the refusals
-(mismatched tokenizer or dtype, a changed mixture, both data keys)."""
+source read as its own contiguous streams with its own epochs, document starts and memory
+resets at every change of source (and at every break within a source, only there), exact
+resume (same and another world size with the same stream count, every objective and order,
+from the state of a process killed with SIGKILL), and the refusals (mismatched tokenizer or
+dtype, a changed mixture, both data keys)."""
 
 from __future__ import annotations
 
@@ -130,6 +131,8 @@ def test_loader_rows_follow_the_schedule_and_each_source_reads_its_own_contiguou
         tokens = loader.source_tokens()
         epochs = loader.source_epochs()
         state = loader.state_dict()
+    # The small source has over 100x fewer training tokens than each large one.
+    assert min(loader.loaders[0].tokens, loader.loaders[1].tokens) > 100 * loader.loaders[2].tokens
     assert sum(tokens.values()) == n * 4 * SEQ
     for name, w in zip("abc", weights, strict=True):
         assert abs(tokens[name] / (n * 4 * SEQ) - w) < 0.01
@@ -139,18 +142,58 @@ def test_loader_rows_follow_the_schedule_and_each_source_reads_its_own_contiguou
     assert max(row[1] for row in state["sources"]["a"]["streams"]) == 0
 
 
-def test_a_document_starts_at_every_change_of_source(sources: Sources) -> None:
-    with make(mixture(sources, (0.5, 0.3, 0.2))) as loader:
-        got = steps(loader, 60)
-        switches = 0
+def stream_breaks(loader: TrainLoader, stream: int, epochs: int) -> set[int]:
+    """Token offsets where a stream's text jumps, from its plan's pieces alone: its start, and
+    every piece that does not go on from where the one before stopped (in the same shard, or
+    at the start of the next shard of the same prepared unit)."""
+    plan = loader.plan
+    assert isinstance(plan, StreamPlan)
+    chunk = loader.source.manifest.chunk_len
+    breaks, offset, last = {0}, 0, None
+    for epoch in range(epochs):
+        for piece in plan.pieces(epoch, stream):
+            if last is not None:
+                before, now = plan.shards[last[0]], plan.shards[piece.shard]
+                same_shard = piece.shard == last[0] and piece.start == last[1]
+                next_shard = (
+                    last[1] == before.samples
+                    and piece.start == 0
+                    and (now.unit, now.seq) == (before.unit, before.seq + 1)
+                )
+                if not (same_shard or next_shard):
+                    breaks.add(offset)
+            offset += (piece.stop - piece.start) * chunk
+            last = (piece.shard, piece.stop)
+    return breaks
+
+
+def test_memory_is_reset_at_every_change_of_source_and_at_every_break_only(
+    sources: Sources,
+) -> None:
+    # Every row of a long run: memory_reset (and a document start) wherever the row changes
+    # source; within a source, memory_reset exactly where that source's stream jumps (the
+    # small source's new epochs), and nowhere else, so rows that continue keep their memory.
+    n = 400
+    with make(mixture(sources, (0.7, 0.2, 0.1))) as loader:
+        got = steps(loader, n)
+        breaks = [[stream_breaks(src, g, 10) for g in range(4)] for src in loader.loaders]
+        switches = within = kept = 0
         for g in range(4):
             k, b = divmod(g, 2)
-            for t in range(60):
-                flag = bool(got[t][k]["doc_start"][b, 0])
-                if t == 0 or loader.source_of(g, t) != loader.source_of(g, t - 1):
+            read = [0, 0, 0]  # tokens this stream has read from each source
+            for t in range(n):
+                s = loader.source_of(g, t)
+                switched = t == 0 or loader.source_of(g, t - 1) != s
+                reset = bool(got[t][k]["memory_reset"][b])
+                assert reset == (switched or read[s] in breaks[s][g]), (g, t)
+                if switched:
                     switches += 1
-                    assert flag, (g, t)
-    assert switches > 20
+                    assert bool(got[t][k]["doc_start"][b, 0]), (g, t)
+                else:
+                    within += reset
+                    kept += not reset
+                read[s] += SEQ
+    assert switches > 100 and within > 0 and kept > 800
 
 
 def test_exact_resume_same_and_other_world_size(sources: Sources) -> None:
@@ -176,7 +219,7 @@ def test_exact_resume_same_and_other_world_size(sources: Sources) -> None:
             for k in range(2):
                 g = rank * 2 + k  # this rank's stream in micro-batch k
                 ref_k, ref_b = divmod(g, 2)
-                for key in ("input_ids", "targets", "doc_start"):
+                for key in ("input_ids", "targets", "doc_start", "memory_reset"):
                     assert torch.equal(got[t][k][key][0], reference[12 + t][ref_k][key][ref_b])
 
 
@@ -295,7 +338,7 @@ def test_state_saved_by_a_process_killed_with_sigkill_resumes_at_another_world_s
         for t in range(10):
             for k in range(2):
                 ref_k, ref_b = divmod(rank * 2 + k, 2)
-                for key in ("input_ids", "targets", "doc_start"):
+                for key in ("input_ids", "targets", "doc_start", "memory_reset"):
                     assert torch.equal(got[t][k][key][0], reference[done + t][ref_k][key][ref_b])
 
 

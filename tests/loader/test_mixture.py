@@ -1,6 +1,7 @@
 """Weighted mixtures of prepared datasets: the schedule's proportions over every window, each
 source read as its own contiguous streams with its own epochs, document starts and memory
-resets at every change of source (and at every break within a source, only there), exact
+resets at every change of source (and at every break within a source, only there), a row that
+changed source read by a Transformer-XL decoder exactly as without memory, exact
 resume (same and another world size with the same stream count, every objective and order,
 from the state of a process killed with SIGKILL), and the refusals (mismatched tokenizer or
 dtype, a changed mixture, both data keys)."""
@@ -22,7 +23,7 @@ import pytest
 import torch
 
 from data_pipeline.configuration import ConfigError, from_dict
-from pretrain.config import DataConfig, ExperimentConfig, MixtureSource
+from pretrain.config import DataConfig, ExperimentConfig, MixtureSource, ModelConfig
 from pretrain.loader import (
     LoaderStateError,
     ManifestError,
@@ -32,8 +33,9 @@ from pretrain.loader import (
 )
 from pretrain.loader.mixture import BLOCK, MixtureSchedule
 from pretrain.loader.order import StreamPlan
+from pretrain.model import build_model
 from tests.loader.helpers import planned_tokens
-from tests.loader.shard_fixture import BuiltDataset, build_dataset
+from tests.loader.shard_fixture import VOCAB_SIZE, BuiltDataset, build_dataset
 
 SEQ = 16
 
@@ -194,6 +196,38 @@ def test_memory_is_reset_at_every_change_of_source_and_at_every_break_only(
                     kept += not reset
                 read[s] += SEQ
     assert switches > 100 and within > 0 and kept > 800
+
+
+def test_a_row_after_a_change_of_source_reads_as_with_no_memory(sources: Sources) -> None:
+    # The loader's flags through a real Transformer-XL decoder, memory carried step to step
+    # as the trainer carries it: a row that changed source gives the logits of a call without
+    # memory, a row that stayed on its source does not (its memory is used).
+    config = ModelConfig(
+        family="decoder", vocab_size=VOCAB_SIZE, d_model=32, n_layers=2, n_heads=4,
+        position="relative", mem_len=SEQ,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(config).double().eval()
+    with torch.no_grad():  # u and v start at zero: give the position biases some weight
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    switched = continued = 0
+    with make(mixture(sources, (0.5, 0.3, 0.2)), grad_accum=1, micro_batch_size=4) as loader:
+        mems = None
+        for t in range(30):
+            (batch,) = loader.next_step()
+            logits, new_mems = model(batch["input_ids"], mems, memory_reset=batch["memory_reset"])
+            alone, _ = model(batch["input_ids"], None)
+            for g in range(4):
+                changed = t > 0 and loader.source_of(g, t) != loader.source_of(g, t - 1)
+                if changed:
+                    switched += 1
+                    assert torch.allclose(logits[g], alone[g], rtol=1e-9, atol=1e-10), (g, t)
+                elif t > 0 and not bool(batch["memory_reset"][g]):
+                    continued += 1
+                    assert not torch.allclose(logits[g], alone[g]), (g, t)
+            mems = new_mems
+    assert switched > 5 and continued > 50
 
 
 def test_exact_resume_same_and_other_world_size(sources: Sources) -> None:

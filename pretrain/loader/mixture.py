@@ -179,6 +179,9 @@ class MixtureLoader:
             0, [dict(loader._positions) for loader in self.loaders], [0] * len(sources)
         )
         self._streams: list[list[TokenStream]] = []
+        # The step after a resume with a changed mixture: every row's text before it may be
+        # another source's under the old schedule, so every row breaks there.
+        self._changed_at: int | None = None
         self._produced: _After | None = None
         self._prefetcher: Prefetcher[tuple[list[Batch], _After]] | None = None
 
@@ -268,7 +271,7 @@ class MixtureLoader:
                 stream = self._streams[s][j]
                 seed = seed_int(self.seed, self.objective, self.names[s], g, *stream.position)
                 tokens, doc_start = stream.take(read, advance)
-                switched = step == 0 or self.source_of(g, step - 1) != s
+                switched = step == 0 or step == self._changed_at or self.source_of(g, step - 1) != s
                 if switched:
                     # Another source's text came before: it is no context for this one.
                     doc_start = doc_start.copy()
@@ -348,7 +351,8 @@ class MixtureLoader:
         A changed mixture (weights, sources added or removed, a source's data changed) is
         refused unless ``data.allow_mixture_change``; then sources kept with the same data
         continue where they were, new ones start at their beginning, and the schedule goes on
-        from the same step with the new weights.
+        from the same step with the new weights; that first step is a break for every row (what
+        a row read before it was chosen by the old schedule, maybe from another source).
         """
         if "mixture" not in state:
             raise LoaderStateError(
@@ -392,6 +396,7 @@ class MixtureLoader:
         self._stop()
         self.order = self.loaders[0].order
         self._after = _After(int(state["step"]), positions, segments)
+        self._changed_at = int(state["step"]) if changes else None
 
 
 def mixture_changes(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[str]:

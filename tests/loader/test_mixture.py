@@ -272,8 +272,15 @@ def test_changed_mixture_refused_unless_allowed(sources: Sources) -> None:
     with make(mixture(sources, (0.5, 0.3, 0.2)), data_config=allowed) as annealed:
         annealed.load_state_dict(state)
         assert annealed.source_tokens() == loader.source_tokens()
-        steps(annealed, 3)
+        got = steps(annealed, 3)
         after = annealed.state_dict()
+    # The old schedule chose what each row read before: the first step breaks every row.
+    assert all(bool(batch["memory_reset"].all()) for batch in got[0])
+    assert all(bool(batch["doc_start"][:, 0].all()) for batch in got[0])
+    with make(mixture(sources, (7, 2, 1))) as same:  # the same mixture: no forced break
+        same.load_state_dict(state)
+        kept = steps(same, 1)[0]
+    assert not all(bool(batch["memory_reset"].all()) for batch in kept)
     assert after["step"] == 8
     # Sources continue where they were: a's streams moved on from the saved positions.
     assert after["sources"]["a"]["streams"] != [[g, 0, 0, 0] for g in range(4)]

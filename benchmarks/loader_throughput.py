@@ -2,7 +2,7 @@
 
     python benchmarks/loader_throughput.py [--seconds 3] [--repeats 3] [--seq-len 1024]
         [--span-seq-len 512] [--micro-batch 8] [--train-steps 1] [--orders contiguous,shuffled]
-        [--mixture]
+        [--mixture] [--mixture-blocks 0] [--block-steps 130]
 
 Builds byte-level shards of all of tinyshakespeare (chunk_len 1024, uint16) in a temp dir with
 the loader tests' fixture builder (the data pipeline's `prepare` is not used, so the loader is
@@ -21,6 +21,13 @@ measured alone), then in the same run measures tokens/s of:
   cost of mixing itself), and sources that are the corpus's three thirds (each a third of the
   size: every stream starts each epoch inside a shard and reads past its earlier samples, tar
   having no index, so small sources pay that per-epoch cost three times as often).
+* with ``--mixture-blocks N`` too: those loaders and the single-source one, plus a control (the
+  single source again with another seed) and a `TrainLoader` over the first third alone (what
+  small sources cost without any mixing), all open at once and run in turn for N rounds of
+  ``--block-steps`` steps each (the order rotating every round), CPU time per block: each
+  loader's median per-round ratio to the single-source loader. Loaders that run side by side
+  in one process see the same machine; the control's ratio shows how far two runs of the very
+  same loader differ, i.e. the noise of the figure.
 
 The raw and loader measurements are interleaved (raw, causal, mlm, span, raw, causal, ...)
 ``--repeats`` times so that load from other processes hits them alike; the table gives medians,
@@ -33,6 +40,7 @@ load disturbs much less. Targets: loader >= 0.5x raw and >= 100x step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import sys
@@ -40,6 +48,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,6 +131,50 @@ def mixture_tokens_per_s(
         return _rates(tokens, start, cpu)
 
 
+def alternating_cpu_ratios(
+    single: Path, mixtures: dict[str, list[MixtureSource]], args: argparse.Namespace
+) -> dict[str, list[float]]:
+    """Per round, each loader's tokens per CPU-second over the single-source loader's (see the
+    module's doc, ``--mixture-blocks``)."""
+    common: dict[str, Any] = {
+        "rank": 0,
+        "world_size": 1,
+        "micro_batch_size": args.micro_batch,
+        "grad_accum": 1,
+        "seq_len": args.seq_len,
+        "objective": "causal_lm",
+        "seed": 0,
+        "data_config": DataConfig(order="contiguous"),
+    }
+    with contextlib.ExitStack() as stack:
+        loaders: dict[str, TrainLoader | MixtureLoader] = {
+            "single": stack.enter_context(TrainLoader(str(single), **common)),
+            "control": stack.enter_context(TrainLoader(str(single), **{**common, "seed": 1})),
+        }
+        for kind, sources in mixtures.items():
+            loaders[kind] = stack.enter_context(MixtureLoader(sources, **common))
+        if "thirds" in mixtures:  # one third alone: what small sources cost without mixing
+            third = mixtures["thirds"][0].manifest
+            loaders["one third"] = stack.enter_context(TrainLoader(third, **common))
+        for loader in loaders.values():
+            for _ in range(args.warmup_steps):
+                loader.next_step()
+        names = list(loaders)
+        cpu: dict[str, list[float]] = {name: [] for name in names}
+        for round_ in range(args.mixture_blocks):
+            turn = round_ % len(names)
+            for name in names[turn:] + names[:turn]:
+                start = time.process_time()
+                for _ in range(args.block_steps):
+                    loaders[name].next_step()
+                cpu[name].append(time.process_time() - start)
+    return {
+        name: [s / t for s, t in zip(cpu["single"], times, strict=True)]
+        for name, times in cpu.items()
+        if name != "single"
+    }
+
+
 def train_step_tokens_per_s(args: argparse.Namespace) -> float:
     from pretrain.model.build import build_model
     from pretrain.objectives import causal_lm_loss
@@ -155,6 +208,10 @@ def main() -> None:
     parser.add_argument("--mixture", action="store_true", help="add a 3-source mixture row")
     parser.add_argument("--warmup-steps", type=int, default=1, help="steps before timing")
     parser.add_argument("--shard-samples", type=int, default=128, help="samples per shard")
+    parser.add_argument(
+        "--mixture-blocks", type=int, default=0, help="rounds of the alternating CPU comparison"
+    )
+    parser.add_argument("--block-steps", type=int, default=130, help="steps per loader per round")
     args = parser.parse_args()
     orders = args.orders.split(",")
     variants = [(objective, order) for order in orders for objective in OBJECTIVES]
@@ -195,6 +252,11 @@ def main() -> None:
                 )
             for kind, sources in mixtures.items():
                 runs[f"mixture {kind}"].append(mixture_tokens_per_s(sources, orders[0], args))
+        alternating = (
+            alternating_cpu_ratios(built.manifest, mixtures, args)
+            if mixtures and args.mixture_blocks > 0
+            else {}
+        )
     load_after = _load()
     step = train_step_tokens_per_s(args) if args.train_steps > 0 else float("nan")
     print(f"shards: {len(shards)} train shards, chunk_len 1024, uint16; torch {torch.__version__}")
@@ -236,6 +298,18 @@ def main() -> None:
             f"mixture ({kind}) vs single-source causal_lm ({orders[0]}), median of per-repeat "
             f"ratios: {wall:.2f}x wall, {cpu:.2f}x per CPU-s (target >= 0.9x)"
         )
+    if alternating:
+        print(
+            f"\nalternating in one process ({args.mixture_blocks} rounds of {args.block_steps} "
+            "steps, contiguous), tokens per CPU-s / the single-source loader's:"
+        )
+        for name, per_round in alternating.items():
+            what = {
+                "control": "single source, seed 1 (control)",
+                "one third": "single source over the first third (TrainLoader)",
+            }.get(name, f"mixture ({name})")
+            each = ", ".join(f"{r:.2f}" for r in per_round)
+            print(f"  {what}: median {np.median(per_round):.2f}x  [{each}]")
 
 
 if __name__ == "__main__":

@@ -56,8 +56,11 @@ def target_count(batch: Batch, family: Family) -> int:
 def forward_loss(
     model: Callable[..., tuple[Tensor, Mems]], batch: Batch, mems: Mems | None, family: Family
 ) -> LossParts:
-    """Run ``model`` (a DeepSpeed engine or a plain module) on ``batch``; memory in and out."""
-    logits, new_mems = model(*(batch[key] for key in INPUTS[family]), mems)
+    """Run ``model`` (a DeepSpeed engine or a plain module) on ``batch``; memory in and out.
+    The loaders' ``memory_reset`` (rows whose text breaks) goes with it, so training and
+    evaluation drop memory at the same rows."""
+    inputs = (batch[key] for key in INPUTS[family])
+    logits, new_mems = model(*inputs, mems, memory_reset=batch.get("memory_reset"))
     labels = batch[TARGETS[family]]
     total, count = token_loss_sum(logits, labels)
     return LossParts(total, int(count), new_mems, logits, labels)

@@ -41,6 +41,15 @@ class Collator(Protocol):
     def __call__(self, rows: Sequence[Row], seq_len: int) -> Batch: ...
 
 
+def with_memory_reset(batch: Batch, breaks: Sequence[bool]) -> Batch:
+    """``batch`` plus ``memory_reset`` (B,) bool: True for a row whose text does not continue
+    what the row read at the previous step (a break in its stream, or in a mixture a change of
+    source), so a model with Transformer-XL memory must not attend to that memory. The
+    loaders, not the collators, know this, and it is the same for every objective."""
+    batch["memory_reset"] = torch.tensor(list(breaks), dtype=torch.bool)
+    return batch
+
+
 def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from pretrain.config import DataConfig, MixtureSource
-from pretrain.loader.collate import Batch, Objective
+from pretrain.loader.collate import Batch, Objective, with_memory_reset
 from pretrain.loader.manifest import ManifestError, load_manifest
 from pretrain.loader.order import seed_int, seeded_rng
 from pretrain.loader.prefetch import Prefetcher
@@ -179,6 +179,9 @@ class MixtureLoader:
             0, [dict(loader._positions) for loader in self.loaders], [0] * len(sources)
         )
         self._streams: list[list[TokenStream]] = []
+        # The step after a resume with a changed mixture: every row's text before it may be
+        # another source's under the old schedule, so every row breaks there.
+        self._changed_at: int | None = None
         self._produced: _After | None = None
         self._prefetcher: Prefetcher[tuple[list[Batch], _After]] | None = None
 
@@ -261,20 +264,22 @@ class MixtureLoader:
         b = self.micro_batch_size
         batches = []
         for k in range(self.grad_accum):
-            rows = []
+            rows, breaks = [], []
             for j in range(k * b, (k + 1) * b):
                 g = self.stream_ids[j]
                 s = self.source_of(g, step)
                 stream = self._streams[s][j]
                 seed = seed_int(self.seed, self.objective, self.names[s], g, *stream.position)
                 tokens, doc_start = stream.take(read, advance)
-                if step == 0 or self.source_of(g, step - 1) != s:
+                switched = step == 0 or step == self._changed_at or self.source_of(g, step - 1) != s
+                if switched:
                     # Another source's text came before: it is no context for this one.
                     doc_start = doc_start.copy()
                     doc_start[:1] = True
                 rows.append((tokens, doc_start, seed))
+                breaks.append(switched or stream.last_take_breaks)
                 positions[s][g] = stream.position
-            batches.append(self.collator(rows, self.seq_len))
+            batches.append(with_memory_reset(self.collator(rows, self.seq_len), breaks))
         counts = np.bincount(
             [self.source_of(g, step) for g in range(self.num_streams)], minlength=len(self.names)
         )
@@ -346,7 +351,8 @@ class MixtureLoader:
         A changed mixture (weights, sources added or removed, a source's data changed) is
         refused unless ``data.allow_mixture_change``; then sources kept with the same data
         continue where they were, new ones start at their beginning, and the schedule goes on
-        from the same step with the new weights.
+        from the same step with the new weights; that first step is a break for every row (what
+        a row read before it was chosen by the old schedule, maybe from another source).
         """
         if "mixture" not in state:
             raise LoaderStateError(
@@ -390,6 +396,7 @@ class MixtureLoader:
         self._stop()
         self.order = self.loaders[0].order
         self._after = _After(int(state["step"]), positions, segments)
+        self._changed_at = int(state["step"]) if changes else None
 
 
 def mixture_changes(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[str]:

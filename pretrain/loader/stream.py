@@ -37,6 +37,9 @@ class _Entry:
     unit: Unit
     tokens: np.ndarray  # (chunk_len,): int64 for whole-sample units, as stored for windows
     doc_start: np.ndarray  # (chunk_len,) bool  (2 x chunk_len: a shifted window's two samples)
+    # The token where this unit's text stops continuing what the stream handed out before
+    # (its start or its window's start), -1 when it continues it.
+    break_at: int
 
 
 class TokenStream:
@@ -61,6 +64,9 @@ class TokenStream:
         self._cursor = position[2]  # token offset into _buffer[0]
         self._buffered = 0  # tokens available from the cursor on
         self._samples = self._iter_samples(position[0], position[1])
+        # Whether the tokens the last `take` returned start where the stream's text breaks
+        # (they do not continue the tokens handed out before them; see `take`).
+        self.last_take_breaks = False
 
     def close(self) -> None:
         self._samples.close()  # closes the open shard file
@@ -104,12 +110,14 @@ class TokenStream:
             self._next_planned(prev.epoch, prev.planned) if prev is not None else self.position[:2]
         )
         skipped = (epoch, planned) != (exp_epoch, exp_planned)
+        break_at = -1
         if skipped or not self._continues(prev, epoch, planned, unit):
             # earlier tokens are not this text's context
-            doc_start[self.plan.window_bounds(epoch, unit)[0] if window_len else 0] = True
+            break_at = self.plan.window_bounds(epoch, unit)[0] if window_len else 0
+            doc_start[break_at] = True
         if not self._buffer and (epoch, planned) != self.position[:2]:
             self._cursor = 0  # the restored unit itself was lost to a bad shard
-        entry = _Entry(epoch, planned, unit, tokens, doc_start)
+        entry = _Entry(epoch, planned, unit, tokens, doc_start, break_at)
         self._buffer.append(entry)
         self._last = entry
         self._buffered += tokens.shape[0] - (self._cursor if len(self._buffer) == 1 else 0)
@@ -137,11 +145,17 @@ class TokenStream:
         (``plan.window_len`` set, equal to ``advance``) it is the next window's tokens, up to
         ``n`` of them from the window's start, never past the window's end plus the lookahead
         ``n - advance`` (fewer where the text read with the unit ends: `Plan.window_bounds`).
+
+        Sets `last_take_breaks`: whether the first token returned is a break in the stream's
+        text (its first token, a jump to a non-consecutive unit or epoch, a skipped bad shard,
+        in shuffled order almost every window), where a model's memory of what came before
+        must be dropped. A document start inside continuous text is not a break.
         """
         if self.plan.window_len:
             return self._take_window(n, self.plan.window_len)
         while self._buffered < n and self._load():
             pass
+        self.last_take_breaks = bool(self._buffer) and self._buffer[0].break_at == self._cursor
         tokens, starts = [], []
         need, cursor = n, self._cursor
         for entry in self._buffer:
@@ -159,10 +173,12 @@ class TokenStream:
 
     def _take_window(self, n: int, window_len: int) -> tuple[np.ndarray, np.ndarray]:
         if not self._buffer and not self._load():
+            self.last_take_breaks = False
             return np.zeros(0, np.int64), np.zeros(0, bool)
         entry = self._buffer.popleft()
         self._buffered, self._cursor = 0, 0
         lo, hi = self.plan.window_bounds(entry.epoch, entry.unit)
+        self.last_take_breaks = entry.break_at == lo
         stop = min(lo + n, hi + n - window_len)  # the window's text and its lookahead
         self.position = (*self._next_planned(entry.epoch, entry.planned), 0)
         return entry.tokens[lo:stop].astype(np.int64), entry.doc_start[lo:stop]

@@ -18,7 +18,7 @@ import warnings
 from typing import Any, Literal
 
 from pretrain.config import DataConfig
-from pretrain.loader.collate import Batch, Objective
+from pretrain.loader.collate import Batch, Objective, with_memory_reset
 from pretrain.loader.dataset import SplitReader
 from pretrain.loader.order import Plan, ShuffledPlan, StreamPlan, seed_int
 from pretrain.loader.prefetch import Prefetcher
@@ -187,13 +187,14 @@ class TrainLoader(SplitReader):
         batches = []
         b = self.micro_batch_size
         for k in range(self.grad_accum):
-            rows = []
+            rows, breaks = [], []
             for stream in self._streams[k * b : (k + 1) * b]:
                 # The seed names the segment by its stream and start position only.
                 seed = seed_int(self.seed, self.objective, stream.stream, *stream.position)
                 tokens, doc_start = stream.take(read, advance)
                 rows.append((tokens, doc_start, seed))
-            batches.append(self.collator(rows, self.seq_len))
+                breaks.append(stream.last_take_breaks)
+            batches.append(with_memory_reset(self.collator(rows, self.seq_len), breaks))
         return batches, {s.stream: s.position for s in self._streams}
 
     def next_step(self) -> list[Batch]:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from pretrain.config import DataConfig
-from pretrain.loader.collate import Batch, Objective
+from pretrain.loader.collate import Batch, Objective, with_memory_reset
 from pretrain.loader.dataset import SplitReader
 from pretrain.loader.order import StreamPlan, seed_int
 from pretrain.loader.prefetch import Prefetcher
@@ -91,7 +91,7 @@ class ValidationLoader(SplitReader):
         read, advance = self.collator.segment_tokens(self.seq_len)
 
         def produce() -> Batch:
-            rows = []
+            rows, breaks = [], []
             for stream in streams:
                 seed = seed_int(
                     self.seed, "validation", self.objective, stream.stream, *stream.position
@@ -100,7 +100,8 @@ class ValidationLoader(SplitReader):
                 if self.objective == "causal_lm" and tokens.shape[0] < 2:
                     tokens, doc_start = tokens[:0], doc_start[:0]  # a lone token has no target
                 rows.append((tokens, doc_start, seed))
-            return self.collator(rows, self.seq_len)
+                breaks.append(stream.last_take_breaks)
+            return with_memory_reset(self.collator(rows, self.seq_len), breaks)
 
         prefetcher = Prefetcher(produce, self.data_config.prefetch_batches, "validation-prefetch")
         try:

@@ -22,7 +22,9 @@ from pretrain.model.positions import apply_rotary, shifted_bias
 class Positions:
     """What attention needs to know about positions for one (T queries, K keys) forward."""
 
-    mask: Tensor | None  # (T, K) bool, True where a query may attend; None: everything
+    # (T, K) bool, True where a query may attend; (B, 1, T, K) when rows differ (some rows'
+    # memory is masked, see blocks.py); None: everything
+    mask: Tensor | None
     is_causal: bool  # let SDPA build the causal mask itself (only when K == T and no bias)
     # (P + 1, d) sinusoids of the P distances and a zero row (the padding column of the
     # relative shift, see `shifted_bias`), relative scheme only
@@ -34,13 +36,14 @@ class Positions:
     _additive: tuple[Tensor, Tensor] | None = field(default=None, repr=False)
 
     def additive_mask(self, dtype: torch.dtype) -> Tensor | None:
-        """``mask`` as an additive (T, K) bias, 0 where allowed and -inf elsewhere; built once
-        and shared by the layers (rebuilt if ``mask`` is replaced)."""
+        """``mask`` as an additive (T, K) or (B, T, K) bias, 0 where allowed and -inf
+        elsewhere; built once and shared by the layers (rebuilt if ``mask`` is replaced)."""
         if self.mask is None:
             return None
         if self._additive is None or self._additive[0] is not self.mask:
-            bias = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
-            self._additive = (self.mask, bias.masked_fill_(~self.mask, float("-inf")))
+            mask = self.mask[:, 0] if self.mask.dim() == 4 else self.mask
+            bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device)
+            self._additive = (self.mask, bias.masked_fill_(~mask, float("-inf")))
         return self._additive[1].to(dtype)
 
 
@@ -131,11 +134,11 @@ class SelfAttention(nn.Module):
         r = self.r_proj(pos.relative)  # (P + 1, d), last row zero (no bias)
         r = r.view(-1, heads, head_dim).permute(1, 2, 0)  # (H, hd, P + 1)
         by_distance = torch.bmm(q_v.view(heads, batch * seq, head_dim), r)  # (H, B * T, P + 1)
-        by_distance = by_distance.view(heads * batch, seq, -1)  # (H * B, T, P + 1)
+        by_distance = by_distance.view(heads, batch, seq, -1)  # (H, B, T, P + 1)
+        # The mask, (T, K) or per row (B, T, K), broadcasts over the heads.
+        bias = shifted_bias(by_distance, pos.additive_mask(x.dtype), key_len)  # (H, B, T, K)
         scores = torch.baddbmm(
-            shifted_bias(by_distance, pos.additive_mask(x.dtype), key_len),
-            q_u,
-            k.transpose(1, 2),
+            bias.view(heads * batch, seq, key_len), q_u, k.transpose(1, 2)
         )  # (H * B, T, K), already scaled
         attn = scores.softmax(dim=-1)
         if self.training and self.attn_dropout:

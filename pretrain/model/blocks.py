@@ -4,6 +4,14 @@ The memory of layer l is the last ``mem_len`` inputs of layer l (the residual st
 it), detached: the next segment's layer l attends over ``[memory_l; segment]``, and no gradient
 flows into the past (Dai et al., 2019, section 3.2). Memory is an argument and a return value,
 never module state, so the trainer owns it and checkpoints it with the loader state.
+
+Rows whose text breaks (``memory_reset``, from the loader: a jump in the row's stream, or in a
+mixture a change of source) must not see their memory: its keys are masked out of that row's
+attention, so the row's outputs are those of a stack given no memory. While a masked slot is
+still inside the window (``mem_len`` longer than a segment) it stays masked: the memory then
+ends with a (B, M) bool entry after the layers' states, True where a slot holds the row's own
+context. Without any masked slot that entry is absent and attention keeps its unmasked fast
+paths.
 """
 
 from __future__ import annotations
@@ -50,6 +58,40 @@ def update_memory(memory: Tensor | None, x: Tensor, mem_len: int) -> Tensor:
     return joined[:, -mem_len:].detach()
 
 
+def split_memory(mems: list[Tensor] | None, n_layers: int) -> tuple[list[Tensor], Tensor | None]:
+    """(the layers' states, the (B, M) bool of usable slots or None for all) of a memory."""
+    if not mems:
+        return [], None
+    if len(mems) == n_layers + 1 and mems[-1].dtype == torch.bool:
+        return mems[:-1], mems[-1]
+    if len(mems) != n_layers:
+        raise ValueError(f"expected memory for {n_layers} layers, got {len(mems)}")
+    return mems, None
+
+
+def usable_memory(
+    valid: Tensor | None, reset: Tensor | None, batch: int, memory_len: int, device: torch.device
+) -> Tensor | None:
+    """(B, M) bool: the memory slots each row may attend to, or None when all of them are
+    (the common case, decided on the host so attention keeps its fast paths)."""
+    if memory_len == 0 or (valid is None and reset is None):
+        return None
+    usable = torch.ones(batch, memory_len, dtype=torch.bool, device=device)
+    if valid is not None:
+        usable &= valid.to(device)
+    if reset is not None:
+        usable &= ~reset.to(device=device, dtype=torch.bool)[:, None]
+    return None if bool(usable.all()) else usable
+
+
+def update_usable(usable: Tensor | None, seq: int, mem_len: int) -> Tensor | None:
+    """The usable slots of the next memory (the segment's are), or None for all."""
+    if usable is None or mem_len == 0:
+        return None
+    joined = torch.cat([usable, usable.new_ones(usable.size(0), seq)], dim=1)[:, -mem_len:]
+    return None if bool(joined.all()) else joined
+
+
 class Stack(nn.Module):
     """``n_layers`` blocks, a final norm, and the positional state shared by the layers
     (Transformer-XL's u and v are global to the stack, as in the paper)."""
@@ -65,17 +107,29 @@ class Stack(nn.Module):
             self.v = nn.Parameter(torch.empty(config.n_heads, config.head_dim))
 
     def positions(
-        self, seq: int, key_len: int, device: torch.device, dtype: torch.dtype
+        self,
+        seq: int,
+        key_len: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        usable: Tensor | None = None,
     ) -> Positions:
+        """``usable``: (B, M) the memory slots each row may attend to (None: all)."""
         config = self.config
         mask = causal_mask(seq, key_len, device) if self.causal else None
+        if usable is not None:
+            # Per row: the segment's keys always, the memory's where usable. (B, 1, T, K)
+            keys = torch.cat([usable, usable.new_ones(usable.size(0), seq)], dim=1)
+            rows = keys[:, None, None, :]
+            mask = rows if mask is None else rows & mask
+            mask = mask.expand(-1, -1, seq, -1)
         if config.position == "relative":
             distances = relative_distances(seq, key_len, self.causal, device)  # (P,)
             relative = sinusoid(distances, config.d_model).to(dtype)  # (P, d)
             relative = F.pad(relative, (0, 0, 0, 1))  # (P + 1, d): see Positions.relative
             return Positions(mask=mask, is_causal=False, relative=relative, u=self.u, v=self.v)
         # Without memory a causal mask is SDPA's own (its fast path); with memory it is explicit.
-        fast_causal = self.causal and key_len == seq
+        fast_causal = self.causal and key_len == seq and usable is None
         pos = Positions(mask=None if fast_causal else mask, is_causal=fast_causal)
         if config.position == "rotary":
             cos, sin = rotary_tables(key_len, config.head_dim, config.rope_theta, device)
@@ -88,19 +142,25 @@ class Stack(nn.Module):
         mems: list[Tensor] | None,
         mem_len: int,
         encoder_out: Tensor | None = None,
+        memory_reset: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
-        """x (B, T, d) embedded segment; mems: per layer (B, M, d), or None.
-        -> (normalised output (B, T, d), new memory: per layer (B, min(M + T, mem_len), d),
-        or [] when mem_len == 0)."""
-        if mems is not None and len(mems) != len(self.layers):
-            raise ValueError(f"expected memory for {len(self.layers)} layers, got {len(mems)}")
-        memory_len = mems[0].size(1) if mems else 0
-        seq = x.size(1)
-        pos = self.positions(seq, memory_len + seq, x.device, x.dtype)
+        """x (B, T, d) embedded segment; mems: per layer (B, M, d) (then possibly the (B, M)
+        usable slots, see the module's doc), or None; memory_reset (B,) bool: rows that must
+        not see their memory. -> (normalised output (B, T, d), new memory: per layer
+        (B, min(M + T, mem_len), d) (then the usable slots while some are not), or [] when
+        mem_len == 0)."""
+        layer_mems, valid = split_memory(mems, len(self.layers))
+        memory_len = layer_mems[0].size(1) if layer_mems else 0
+        batch, seq = x.size(0), x.size(1)
+        usable = usable_memory(valid, memory_reset, batch, memory_len, x.device)
+        pos = self.positions(seq, memory_len + seq, x.device, x.dtype, usable)
         new_mems = []
         for i, layer in enumerate(self.layers):
-            memory = mems[i] if mems and memory_len else None
+            memory = layer_mems[i] if memory_len else None
             if mem_len:
                 new_mems.append(update_memory(memory, x, mem_len))
             x = layer(x, memory, pos, encoder_out)
+        still_masked = update_usable(usable, seq, mem_len)
+        if still_masked is not None:
+            new_mems.append(still_masked)
         return self.norm(x), new_mems

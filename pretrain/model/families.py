@@ -145,13 +145,21 @@ class Decoder(LanguageModel):
         return self.stack
 
     def forward(
-        self, tokens: Tensor, mems: list[Tensor] | None = None, *, mem_len: int | None = None
+        self,
+        tokens: Tensor,
+        mems: list[Tensor] | None = None,
+        *,
+        mem_len: int | None = None,
+        memory_reset: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """tokens (B, T) -> (logits (B, T, V), new_mems). ``mem_len`` overrides the config's
-        (incremental decoding keeps the whole context as memory)."""
+        (incremental decoding keeps the whole context as memory); ``memory_reset`` (B,) bool
+        marks rows that must not see their memory (see blocks.py)."""
         offset = mems[0].size(1) if mems else 0
         x = self.embed(tokens, offset, self.pos_emb)
-        h, new_mems = self.stack(x, mems, self._mem_len(mem_len))  # (B, T, d)
+        h, new_mems = self.stack(
+            x, mems, self._mem_len(mem_len), memory_reset=memory_reset
+        )  # (B, T, d)
         return self.lm_head(h), new_mems
 
 
@@ -184,12 +192,17 @@ class Encoder(LanguageModel):
         return self.stack
 
     def forward(
-        self, tokens: Tensor, mems: list[Tensor] | None = None, *, mem_len: int | None = None
+        self,
+        tokens: Tensor,
+        mems: list[Tensor] | None = None,
+        *,
+        mem_len: int | None = None,
+        memory_reset: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """tokens (B, T) -> (logits (B, T, V), new_mems)."""
         offset = mems[0].size(1) if mems else 0
         x = self.embed(tokens, offset, self.pos_emb)
-        h, new_mems = self.stack(x, mems, self._mem_len(mem_len))
+        h, new_mems = self.stack(x, mems, self._mem_len(mem_len), memory_reset=memory_reset)
         return self.head(h), new_mems
 
 
@@ -212,12 +225,18 @@ class EncoderDecoder(LanguageModel):
         return self.encoder
 
     def encode(
-        self, encoder_tokens: Tensor, mems: list[Tensor] | None = None, mem_len: int | None = None
+        self,
+        encoder_tokens: Tensor,
+        mems: list[Tensor] | None = None,
+        mem_len: int | None = None,
+        memory_reset: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """encoder_tokens (B, S) -> (encoder output (B, S, d), new encoder memory)."""
         offset = mems[0].size(1) if mems else 0
         x = self.embed(encoder_tokens, offset, self.enc_pos_emb)
-        out: tuple[Tensor, list[Tensor]] = self.encoder(x, mems, self._mem_len(mem_len))
+        out: tuple[Tensor, list[Tensor]] = self.encoder(
+            x, mems, self._mem_len(mem_len), memory_reset=memory_reset
+        )
         return out
 
     def decode(self, decoder_input_tokens: Tensor, encoder_out: Tensor) -> Tensor:
@@ -233,7 +252,8 @@ class EncoderDecoder(LanguageModel):
         mems: list[Tensor] | None = None,
         *,
         mem_len: int | None = None,
+        memory_reset: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """-> (logits (B, U, V), new encoder memory)."""
-        encoder_out, new_mems = self.encode(encoder_tokens, mems, mem_len)
+        encoder_out, new_mems = self.encode(encoder_tokens, mems, mem_len, memory_reset)
         return self.decode(decoder_input_tokens, encoder_out), new_mems

@@ -1,8 +1,10 @@
 """Weighted mixtures of prepared datasets: the schedule's proportions over every window, each
-source read as its own contiguous streams with its own epochs, document starts at every change
-of source, exact resume (same and another world size with the same stream count, every
-objective and order, from the state of a process killed with SIGKILL), and the refusals
-(mismatched tokenizer or dtype, a changed mixture, both data keys)."""
+source read as its own contiguous streams with its own epochs, document starts and memory
+resets at every change of source (and at every break within a source, only there), a row that
+changed source read by a Transformer-XL decoder exactly as without memory, exact
+resume (same and another world size with the same stream count, every objective and order,
+from the state of a process killed with SIGKILL), and the refusals (mismatched tokenizer or
+dtype, a changed mixture, both data keys)."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import pytest
 import torch
 
 from data_pipeline.configuration import ConfigError, from_dict
-from pretrain.config import DataConfig, ExperimentConfig, MixtureSource
+from pretrain.config import DataConfig, ExperimentConfig, MixtureSource, ModelConfig
 from pretrain.loader import (
     LoaderStateError,
     ManifestError,
@@ -31,8 +33,9 @@ from pretrain.loader import (
 )
 from pretrain.loader.mixture import BLOCK, MixtureSchedule
 from pretrain.loader.order import StreamPlan
+from pretrain.model import build_model
 from tests.loader.helpers import planned_tokens
-from tests.loader.shard_fixture import BuiltDataset, build_dataset
+from tests.loader.shard_fixture import VOCAB_SIZE, BuiltDataset, build_dataset
 
 SEQ = 16
 
@@ -130,6 +133,8 @@ def test_loader_rows_follow_the_schedule_and_each_source_reads_its_own_contiguou
         tokens = loader.source_tokens()
         epochs = loader.source_epochs()
         state = loader.state_dict()
+    # The small source has over 100x fewer training tokens than each large one.
+    assert min(loader.loaders[0].tokens, loader.loaders[1].tokens) > 100 * loader.loaders[2].tokens
     assert sum(tokens.values()) == n * 4 * SEQ
     for name, w in zip("abc", weights, strict=True):
         assert abs(tokens[name] / (n * 4 * SEQ) - w) < 0.01
@@ -139,18 +144,90 @@ def test_loader_rows_follow_the_schedule_and_each_source_reads_its_own_contiguou
     assert max(row[1] for row in state["sources"]["a"]["streams"]) == 0
 
 
-def test_a_document_starts_at_every_change_of_source(sources: Sources) -> None:
-    with make(mixture(sources, (0.5, 0.3, 0.2))) as loader:
-        got = steps(loader, 60)
-        switches = 0
+def stream_breaks(loader: TrainLoader, stream: int, epochs: int) -> set[int]:
+    """Token offsets where a stream's text jumps, from its plan's pieces alone: its start, and
+    every piece that does not go on from where the one before stopped (in the same shard, or
+    at the start of the next shard of the same prepared unit)."""
+    plan = loader.plan
+    assert isinstance(plan, StreamPlan)
+    chunk = loader.source.manifest.chunk_len
+    breaks, offset, last = {0}, 0, None
+    for epoch in range(epochs):
+        for piece in plan.pieces(epoch, stream):
+            if last is not None:
+                before, now = plan.shards[last[0]], plan.shards[piece.shard]
+                same_shard = piece.shard == last[0] and piece.start == last[1]
+                next_shard = (
+                    last[1] == before.samples
+                    and piece.start == 0
+                    and (now.unit, now.seq) == (before.unit, before.seq + 1)
+                )
+                if not (same_shard or next_shard):
+                    breaks.add(offset)
+            offset += (piece.stop - piece.start) * chunk
+            last = (piece.shard, piece.stop)
+    return breaks
+
+
+def test_memory_is_reset_at_every_change_of_source_and_at_every_break_only(
+    sources: Sources,
+) -> None:
+    # Every row of a long run: memory_reset (and a document start) wherever the row changes
+    # source; within a source, memory_reset exactly where that source's stream jumps (the
+    # small source's new epochs), and nowhere else, so rows that continue keep their memory.
+    n = 400
+    with make(mixture(sources, (0.7, 0.2, 0.1))) as loader:
+        got = steps(loader, n)
+        breaks = [[stream_breaks(src, g, 10) for g in range(4)] for src in loader.loaders]
+        switches = within = kept = 0
         for g in range(4):
             k, b = divmod(g, 2)
-            for t in range(60):
-                flag = bool(got[t][k]["doc_start"][b, 0])
-                if t == 0 or loader.source_of(g, t) != loader.source_of(g, t - 1):
+            read = [0, 0, 0]  # tokens this stream has read from each source
+            for t in range(n):
+                s = loader.source_of(g, t)
+                switched = t == 0 or loader.source_of(g, t - 1) != s
+                reset = bool(got[t][k]["memory_reset"][b])
+                assert reset == (switched or read[s] in breaks[s][g]), (g, t)
+                if switched:
                     switches += 1
-                    assert flag, (g, t)
-    assert switches > 20
+                    assert bool(got[t][k]["doc_start"][b, 0]), (g, t)
+                else:
+                    within += reset
+                    kept += not reset
+                read[s] += SEQ
+    assert switches > 100 and within > 0 and kept > 800
+
+
+def test_a_row_after_a_change_of_source_reads_as_with_no_memory(sources: Sources) -> None:
+    # The loader's flags through a real Transformer-XL decoder, memory carried step to step
+    # as the trainer carries it: a row that changed source gives the logits of a call without
+    # memory, a row that stayed on its source does not (its memory is used).
+    config = ModelConfig(
+        family="decoder", vocab_size=VOCAB_SIZE, d_model=32, n_layers=2, n_heads=4,
+        position="relative", mem_len=SEQ,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(config).double().eval()
+    with torch.no_grad():  # u and v start at zero: give the position biases some weight
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    switched = continued = 0
+    with make(mixture(sources, (0.5, 0.3, 0.2)), grad_accum=1, micro_batch_size=4) as loader:
+        mems = None
+        for t in range(30):
+            (batch,) = loader.next_step()
+            logits, new_mems = model(batch["input_ids"], mems, memory_reset=batch["memory_reset"])
+            alone, _ = model(batch["input_ids"], None)
+            for g in range(4):
+                changed = t > 0 and loader.source_of(g, t) != loader.source_of(g, t - 1)
+                if changed:
+                    switched += 1
+                    assert torch.allclose(logits[g], alone[g], rtol=1e-9, atol=1e-10), (g, t)
+                elif t > 0 and not bool(batch["memory_reset"][g]):
+                    continued += 1
+                    assert not torch.allclose(logits[g], alone[g]), (g, t)
+            mems = new_mems
+    assert switched > 5 and continued > 50
 
 
 def test_exact_resume_same_and_other_world_size(sources: Sources) -> None:
@@ -176,7 +253,7 @@ def test_exact_resume_same_and_other_world_size(sources: Sources) -> None:
             for k in range(2):
                 g = rank * 2 + k  # this rank's stream in micro-batch k
                 ref_k, ref_b = divmod(g, 2)
-                for key in ("input_ids", "targets", "doc_start"):
+                for key in ("input_ids", "targets", "doc_start", "memory_reset"):
                     assert torch.equal(got[t][k][key][0], reference[12 + t][ref_k][key][ref_b])
 
 
@@ -195,8 +272,15 @@ def test_changed_mixture_refused_unless_allowed(sources: Sources) -> None:
     with make(mixture(sources, (0.5, 0.3, 0.2)), data_config=allowed) as annealed:
         annealed.load_state_dict(state)
         assert annealed.source_tokens() == loader.source_tokens()
-        steps(annealed, 3)
+        got = steps(annealed, 3)
         after = annealed.state_dict()
+    # The old schedule chose what each row read before: the first step breaks every row.
+    assert all(bool(batch["memory_reset"].all()) for batch in got[0])
+    assert all(bool(batch["doc_start"][:, 0].all()) for batch in got[0])
+    with make(mixture(sources, (7, 2, 1))) as same:  # the same mixture: no forced break
+        same.load_state_dict(state)
+        kept = steps(same, 1)[0]
+    assert not all(bool(batch["memory_reset"].all()) for batch in kept)
     assert after["step"] == 8
     # Sources continue where they were: a's streams moved on from the saved positions.
     assert after["sources"]["a"]["streams"] != [[g, 0, 0, 0] for g in range(4)]
@@ -267,7 +351,7 @@ while True:  # a training loop's checkpoints: the state after each step, written
 """
 
 
-def test_state_saved_by_a_process_killed_with_sigkill_resumes_at_another_world_size(
+def test_state_saved_by_a_process_killed_with_sigkill_resumes_at_any_world_size(
     sources: Sources, tmp_path: Path
 ) -> None:
     srcs = mixture(sources, (0.7, 0.2, 0.1))
@@ -287,6 +371,12 @@ def test_state_saved_by_a_process_killed_with_sigkill_resumes_at_another_world_s
     done = state["step"]
     with make(srcs) as whole:
         reference = steps(whole, done + 10)
+    with make(srcs) as same:  # the same world size
+        same.load_state_dict(state)
+        got = steps(same, 10)
+    for a, b in zip(reference[done:], got, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert x.keys() == y.keys() and all(torch.equal(x[key], y[key]) for key in x)
     merged = merge_states([state])
     for rank in range(2):  # 2 ranks x micro-batch 1 x grad_accum 2: the same 4 streams
         with make(srcs, rank=rank, world_size=2, micro_batch_size=1) as part:
@@ -295,7 +385,7 @@ def test_state_saved_by_a_process_killed_with_sigkill_resumes_at_another_world_s
         for t in range(10):
             for k in range(2):
                 ref_k, ref_b = divmod(rank * 2 + k, 2)
-                for key in ("input_ids", "targets", "doc_start"):
+                for key in ("input_ids", "targets", "doc_start", "memory_reset"):
                     assert torch.equal(got[t][k][key][0], reference[done + t][ref_k][key][ref_b])
 
 

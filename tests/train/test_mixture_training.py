@@ -1,5 +1,6 @@
 """Training on a weighted mixture of two prepared datasets (one tokenizer), through the real
-`pretrain train` CLI: 2 gloo ranks, DeepSpeed ZeRO-3, a Transformer-XL decoder with memory.
+`pretrain train` CLI: 2 gloo ranks, DeepSpeed ZeRO-3, a Transformer-XL decoder with a memory of
+two segments (masked per row at a change of source).
 
 Per-source metrics are recorded, a kill -9 resumes to the very same loss curve as an
 uninterrupted run, and a changed mixture is refused at resume unless allowed."""
@@ -52,6 +53,10 @@ def mixture_file(tmp_path: Path, big: Path, small: Path, weights: tuple[float, f
         f"    - {{name: small, manifest: {small}, weight: {weights[1]}}}\n",
     )
     assert "mixture" in text
+    # A memory of two segments: after a change of source the other source's segment stays in
+    # the memory for a step, masked (the memory's usable-slot entry, checkpointed with it).
+    text = text.replace("mem_len: 16", "mem_len: 32")
+    assert "mem_len: 32" in text
     config.write_text(text)
     return config
 

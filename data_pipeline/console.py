@@ -45,6 +45,10 @@ KNOWN_NOISE: tuple[tuple[type[Warning], str, str], ...] = (
         r"torch\.distributed\.c10d_logger",
         r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated",
     ),
+    # MLflow asks for an input example when `pretrain export --register` saves a model; the
+    # export writes its signature out instead, and the user has no example to give it. The
+    # message starts with a colour escape, hence the leading ".*".
+    (UserWarning, r"mlflow\.", r".*An input example was not provided when logging the model"),
 )
 
 # DeepSpeed warns on every start that a torch optimizer is "untested" with ZeRO. The trainer

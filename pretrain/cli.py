@@ -228,7 +228,9 @@ def finetune_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def make_task_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", choices=["headings", "speakers"], help="which task to build")
+    parser.add_argument(
+        "task", choices=["headings", "sources", "speakers"], help="which task to build"
+    )
     parser.add_argument("inputs", nargs="+", metavar="CORPUS", help="the corpus file(s)")
     parser.add_argument("out", metavar="OUT", help="folder for train.jsonl, validation.jsonl")
     parser.add_argument(
@@ -239,6 +241,9 @@ def make_task_arguments(parser: argparse.ArgumentParser) -> None:
         type=_positive,
         default=10,
         help="one document block in N goes to validation (default: 10)",
+    )
+    parser.add_argument(
+        "--per-source", type=_positive, default=400, help="sources: passages per corpus file"
     )
 
 
@@ -444,7 +449,7 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None], s
         "Build a labelled task from a corpus, deterministically, with no document in both "
         "splits: 'speakers' (who speaks a tinyshakespeare speech, among the most frequent "
         "speakers; classification) or 'headings' (a WikiText section's heading from its first "
-        "sentence; seq2seq).",
+        "sentence; seq2seq) or 'sources' (which corpus a passage comes from).",
         make_task_arguments,
         MAKE_TASK_EXAMPLES,
         _run_make_task,

@@ -4,6 +4,10 @@
   with the most speeches. A speech is a block of lines under a ``NAME:`` line.
 - ``headings`` (seq2seq): a WikiText section's heading from the first sentence of the section
   (``= = Reception = =`` from "The film received ...").
+- ``sources`` (classification, or seq2seq naming the source): which corpus a passage (a
+  paragraph, at most `PASSAGE_CHARS` characters) comes from, the label being the corpus
+  file's folder name. An easy task: the tests use it to show a tiny model learns through the
+  whole fine-tuning path.
 
 No document is in both splits: speeches are grouped into documents of
 `SPEECHES_PER_DOCUMENT` consecutive speeches (a stretch of one scene), WikiText sections by
@@ -28,6 +32,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 SPEECHES_PER_DOCUMENT = 20
+PASSAGE_CHARS = 300
 _HEADING = re.compile(r"^ (=(?: =)*) (.+?) \1 $")
 
 
@@ -47,6 +52,29 @@ def speaker_records(text: str, speakers: int) -> list[dict[str, object]]:
         for index, (name, speech) in enumerate(every)
         if name in top and speech
     ]
+
+
+def source_records(named: list[tuple[str, str]], per_source: int) -> list[dict[str, object]]:
+    """Up to ``per_source`` passages of each (label, text), from its start; documents of
+    `SPEECHES_PER_DOCUMENT` consecutive passages, numbered across the texts."""
+    records: list[dict[str, object]] = []
+    document = 0
+    for label, text in named:
+        passages = [
+            p.strip()[:PASSAGE_CHARS]
+            for p in re.split(r"\n[ \t]*\n", text)
+            if p.strip() and not _HEADING.match(p.strip("\n"))
+        ][:per_source]
+        for index, passage in enumerate(passages):
+            records.append(
+                {
+                    "text": passage,
+                    "label": label,
+                    "document": document + index // SPEECHES_PER_DOCUMENT,
+                }
+            )
+        document += -(-len(passages) // SPEECHES_PER_DOCUMENT)
+    return records
 
 
 def _first_sentence(paragraph: str) -> str:
@@ -103,7 +131,13 @@ def write_jsonl(path: Path, records: list[dict[str, object]]) -> None:
 
 
 def build(
-    task: str, inputs: list[str], out: Path, *, speakers: int = 4, validation_every: int = 10
+    task: str,
+    inputs: list[str],
+    out: Path,
+    *,
+    speakers: int = 4,
+    validation_every: int = 10,
+    per_source: int = 400,
 ) -> dict[str, object]:
     texts = []
     for name in inputs:
@@ -115,15 +149,21 @@ def build(
         records, key = speaker_records("\n\n".join(texts), speakers), "text"
     elif task == "headings":
         records, key = heading_records(texts), "source"
+    elif task == "sources":
+        named = [
+            (Path(name).resolve().parent.name, text)
+            for name, text in zip(inputs, texts, strict=True)
+        ]
+        records, key = source_records(named, per_source), "text"
     else:
-        raise ValueError(f"unknown task {task!r}: speakers or headings")
+        raise ValueError(f"unknown task {task!r}: speakers, headings or sources")
     if not records:
         raise ValueError(f"{', '.join(inputs)}: no {task} record found (is it the right corpus?)")
     train, validation, dropped = split(records, validation_every, key)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "validation.jsonl", validation)
-    label_key = "label" if task == "speakers" else "target"
+    label_key = "target" if task == "headings" else "label"
     summary = {
         "task": task,
         "inputs": inputs,
@@ -147,6 +187,7 @@ def main(args: argparse.Namespace) -> int:
         Path(args.out),
         speakers=args.speakers,
         validation_every=args.validation_every,
+        per_source=args.per_source,
     )
     logger.info(
         "%s: %d training and %d validation records (%d validation repeats of a training text "

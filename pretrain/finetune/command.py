@@ -11,15 +11,12 @@ pretrain-launch); every rank reads the labelled files and the pretrained weights
 from __future__ import annotations
 
 import argparse
-import logging
 
 from data_pipeline.config_cli import resolve_config
 from pretrain.finetune.config import FinetuneConfig
 from pretrain.finetune.examples import check_supported, load_task
 from pretrain.finetune.source import open_source
 from pretrain.finetune.trainer import FinetuneTrainer
-
-logger = logging.getLogger(__name__)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -29,14 +26,5 @@ def main(args: argparse.Namespace) -> int:
     source = open_source(ft.init, step=ft.init_step, tokenizer_path=ft.tokenizer)
     check_supported(ft.task.kind, source.model.family)
     data = load_task(ft.task, source.tokenizer)
-    logger.info(
-        "%s task: %d training and %d validation examples%s; from %s (%s weights)",
-        ft.task.kind,
-        len(data.train),
-        len(data.validation),
-        f", {len(data.labels)} classes" if data.labels else "",
-        source.provenance["init"],
-        ft.weights,
-    )
     FinetuneTrainer(ft, source, data).train()
     return 0

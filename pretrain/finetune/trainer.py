@@ -80,6 +80,11 @@ class FinetuneTrainer(Trainer):
         self.tokenizer: Tokenizer = source.tokenizer
         self.data_fingerprint = fingerprint(data.train, self.kind)
         super().__init__(experiment_config(ft, source, data), **kwargs)
+        self.log(
+            f"{self.kind} task: {len(data.train)} training and {len(data.validation)} "
+            f"validation examples{f', {len(data.labels)} classes' if data.labels else ''}; "
+            f"from {source.provenance['init']} ({ft.weights} weights)"
+        )
 
     def own_loaders(self) -> tuple[StepLoader | None, Any]:
         train = self.config.train

@@ -206,7 +206,7 @@ FINETUNE_EXAMPLES = """examples:
   pretrain make-task speakers corpora/tinyshakespeare/input.txt runs/tasks/speakers
   pretrain finetune configs/finetune/shakespeare_speakers.yaml
   pretrain finetune configs/finetune/shakespeare_speakers.yaml init=runs/other/checkpoints
-  torchrun --nproc_per_node=2 -m pretrain.cli finetune configs/finetune/wikitext_titles.yaml
+  torchrun --nproc_per_node=2 -m pretrain.cli finetune configs/finetune/wikitext_headings.yaml
   pretrain finetune configs/finetune/shakespeare_speakers.yaml weights=random   # from scratch
   pretrain evaluate runs/shakespeare_speakers/checkpoints --task
 """

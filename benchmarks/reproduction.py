@@ -91,12 +91,12 @@ def train(
     log.write_text(result.stdout + result.stderr)
     if result.returncode != 0:
         raise SystemExit(f"training failed: {experiment.name} {list(overrides)}; see {log}")
-    validations = re.findall(
-        r"validation at step \d+: loss ([0-9.]+)(?:.*?bpb ([0-9.]+))?", result.stdout
-    )
+    # The progress lines are log lines: on stderr since the console went through logging.
+    output = result.stdout + result.stderr
+    validations = re.findall(r"validation at step \d+: loss ([0-9.]+)(?:.*?bpb ([0-9.]+))?", output)
     if not validations:
         raise SystemExit(f"{log}: the run logged no validation")
-    step_ms = [float(ms) for ms in re.findall(r"\| (\d+) ms/step", result.stdout)]
+    step_ms = [float(ms) for ms in re.findall(r"\| (\d+) ms/step", output)]
     loss, bpb = validations[-1]
     return TrainResult(
         val_loss=float(loss),

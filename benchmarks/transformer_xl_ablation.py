@@ -20,6 +20,14 @@ unigram).
     python benchmarks/transformer_xl_ablation.py                       # both datasets, 3 seeds
     python benchmarks/transformer_xl_ablation.py --datasets shakespeare --seeds 0
     python benchmarks/transformer_xl_ablation.py --jobs 2 --variants a,b --sweep 0,256
+    python benchmarks/transformer_xl_ablation.py --segment 16 --variants a,b   # short segments
+    python benchmarks/transformer_xl_ablation.py --segment 32 --variants a,b
+
+``--segment N`` is the setting where memory should matter most: segments of N tokens and, for
+(a), a memory of N (``train.seq_len=N model.mem_len=N``; (b) and (c) keep no memory), so a
+model without memory predicts from at most N tokens of context. The steps and the batch stay
+the config's (so fewer tokens are read than at the full segment); results go to
+``OUT/segmentN/`` beside the full-length ones.
 
 Finished runs are kept (``OUT/<dataset>/<variant>-seed<s>/trained.json``, and each sweep's
 evaluations) and not redone, so an interrupted ablation continues where it stopped and another
@@ -87,6 +95,7 @@ def run_one(
     sweep: str,
     extra: list[str],
     threads: int,
+    segment: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train one variant with one seed (+ ``extra`` overrides) and evaluate it, on ``threads``
     CPU threads. The training record (``trained.json``) and each memory sweep
@@ -101,7 +110,14 @@ def run_one(
         result = train(
             dataset.experiment,
             out,
-            [*VARIANTS[variant][1], f"train.seed={seed}", f"data.seed={seed}", *extra],
+            # The segment first: a variant's own model.mem_len=0 must win over it.
+            [
+                *(segment or []),
+                *VARIANTS[variant][1],
+                f"train.seed={seed}",
+                f"data.seed={seed}",
+                *extra,
+            ],
             threads=threads,
         )
         # Its final validation covers the whole held-out split with the trained settings.
@@ -204,6 +220,11 @@ def main() -> None:
     parser.add_argument(
         "--steps", type=int, help="train this many steps instead of the config's (a quick check)"
     )
+    parser.add_argument(
+        "--segment",
+        type=int,
+        help="short segments: train.seq_len=N and, with memory, model.mem_len=N (see above)",
+    )
     args = parser.parse_args()
     names = args.datasets.split(",")
     variants = args.variants.split(",")
@@ -222,6 +243,10 @@ def main() -> None:
         extra = [f"train.max_steps={n}", f"train.eval_every={n}", f"checkpoint.every_steps={n}"]
         extra += [f"train.warmup_steps={min(100, n // 10)}", f"train.log_every={max(1, n // 3)}"]
         out = out / f"steps{n}"
+    segment = []
+    if args.segment:
+        segment = [f"train.seq_len={args.segment}", f"model.mem_len={args.segment}"]
+        out = out / f"segment{args.segment}"
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     tables = []
     for name in names:
@@ -234,7 +259,7 @@ def main() -> None:
         ) -> dict[str, Any]:
             seed, variant = job
             where = out / name / f"{variant}-seed{seed}"
-            result = run_one(dataset, variant, seed, where, args.sweep, extra, threads)
+            result = run_one(dataset, variant, seed, where, args.sweep, extra, threads, segment)
             print(
                 f"{name} ({variant}) seed {seed}: loss {result['loss']:.4f}, "
                 f"bpb {result['bits_per_byte']:.4f}, {result['ms_per_step']:.0f} ms/step",
@@ -246,7 +271,7 @@ def main() -> None:
             list(pool.map(one, plan))
         # Every trained variant of these seeds, also those of earlier invocations.
         results = [
-            run_one(dataset, r["variant"], r["seed"], f.parent, args.sweep, extra, threads)
+            run_one(dataset, r["variant"], r["seed"], f.parent, args.sweep, extra, threads, segment)
             for f in sorted((out / name).glob("*-seed*/trained.json"))
             if (r := json.loads(f.read_text()))["seed"] in seeds
         ]

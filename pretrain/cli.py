@@ -49,7 +49,7 @@ EXIT_CODES: list[tuple[str, str, int]] = [
 ]
 # evaluate, export and generate also report ValueError (e.g. streams that do not divide over
 # the processes, memory on learned positions) as the user's error.
-VALUE_ERRORS_ARE_USERS = ("evaluate", "export", "generate")
+VALUE_ERRORS_ARE_USERS = ("evaluate", "export", "generate", "finetune", "make-task")
 
 
 def exit_code(err: BaseException, command: str) -> int | None:
@@ -191,6 +191,74 @@ def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument(
+        "--task",
+        nargs="?",
+        const="validation",
+        metavar="LABELLED",
+        help="score a `pretrain finetune` checkpoint on its task: accuracy and macro-F1, or "
+        "BLEU, chrF, ROUGE-L and exact match (greedy), beside the baseline; on the task's "
+        "validation split, or on the labelled file given",
+    )
+
+
+FINETUNE_EXAMPLES = """examples:
+  pretrain make-task speakers corpora/tinyshakespeare/input.txt runs/tasks/speakers
+  pretrain finetune configs/finetune/shakespeare_speakers.yaml
+  pretrain finetune configs/finetune/shakespeare_speakers.yaml init=runs/other/checkpoints
+  torchrun --nproc_per_node=2 -m pretrain.cli finetune configs/finetune/wikitext_headings.yaml
+  pretrain finetune configs/finetune/shakespeare_speakers.yaml weights=random   # from scratch
+  pretrain evaluate runs/shakespeare_speakers/checkpoints --task
+"""
+
+MAKE_TASK_EXAMPLES = """examples:
+  pretrain make-task speakers corpora/tinyshakespeare/input.txt runs/tasks/speakers
+  pretrain make-task speakers corpora/tinyshakespeare/input.txt OUT --speakers 8
+  pretrain make-task headings corpora/wikitext-2/valid.txt corpora/wikitext-2/test.txt \
+      runs/tasks/headings
+"""
+
+
+def finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(
+        parser,
+        config_help="fine-tuning YAML (e.g. configs/finetune/*.yaml)",
+        override_example="train.lr=1e-4 init=runs/x/checkpoints",
+    )
+
+
+def make_task_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "task", choices=["headings", "sources", "speakers"], help="which task to build"
+    )
+    parser.add_argument("inputs", nargs="+", metavar="CORPUS", help="the corpus file(s)")
+    parser.add_argument("out", metavar="OUT", help="folder for train.jsonl, validation.jsonl")
+    parser.add_argument(
+        "--speakers", type=_positive, default=4, help="speakers: the N most frequent speakers"
+    )
+    parser.add_argument(
+        "--validation-every",
+        type=_positive,
+        default=10,
+        help="one document block in N goes to validation (default: 10)",
+    )
+    parser.add_argument(
+        "--per-source", type=_positive, default=400, help="sources: passages per corpus file"
+    )
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    if args.task is not None:
+        from pretrain.finetune.scoring import main as score_task
+
+        return score_task(args)
+    return _recipe("evaluate")(args)
+
+
+def _run_make_task(args: argparse.Namespace) -> int:
+    from pretrain.finetune.tasks import main as make_task
+
+    return make_task(args)
 
 
 EXPORT_EXAMPLES = """examples:
@@ -339,7 +407,7 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None], s
         "in a run tagged with the training run's id.",
         evaluate_arguments,
         EVALUATE_EXAMPLES,
-        _recipe("evaluate"),
+        _run_evaluate,
     ),
     (
         "export",
@@ -361,6 +429,30 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None], s
         generate_arguments,
         GENERATE_EXAMPLES,
         _recipe("generate"),
+    ),
+    (
+        "finetune",
+        "fine-tune a pretrained checkpoint or export on a labelled task",
+        "Fine-tune on a labelled task, on the training engine (DeepSpeed, ZeRO-3 by "
+        "default, any launcher): sequence classification (encoder: pooled head; decoder: "
+        "last-token head) or seq2seq (encoder-decoder: source -> target; decoder: prompt -> "
+        "completion, loss on the completion only). Starts from a pretraining checkpoint of any "
+        "world size or a native export; resumes exactly from its own checkpoints; logs to an "
+        "MLflow run tagged with the pretraining run.",
+        finetune_arguments,
+        FINETUNE_EXAMPLES,
+        _recipe("finetune"),
+    ),
+    (
+        "make-task",
+        "build a labelled task (train/validation jsonl) from a bundled corpus",
+        "Build a labelled task from a corpus, deterministically, with no document in both "
+        "splits: 'speakers' (who speaks a tinyshakespeare speech, among the most frequent "
+        "speakers; classification) or 'headings' (a WikiText section's heading from its first "
+        "sentence; seq2seq) or 'sources' (which corpus a passage comes from).",
+        make_task_arguments,
+        MAKE_TASK_EXAMPLES,
+        _run_make_task,
     ),
 ]
 

@@ -19,6 +19,7 @@ SCHEMAS = {
     "cluster": "launch.config:ClusterConfig",
     "data": "data_pipeline.schemas:PrepareConfig",
     "tokenizer": "data_pipeline.schemas:TokenizerTrainingConfig",
+    "finetune": "pretrain.finetune.config:FinetuneConfig",
 }
 
 CONFIG_FILES = sorted((REPO_ROOT / "configs").rglob("*.yaml"))

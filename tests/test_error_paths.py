@@ -208,6 +208,29 @@ CASES = [
         "model.safetensors",
     ),
     Case("generate-corrupt-checkpoint", "pretrain generate {corrupt}", 1, "trainer_state_rank0.pt"),
+    # -- pretrain finetune / evaluate --task / make-task ---------------------------------------
+    Case("finetune-unknown-key", "pretrain finetune {finetune} taskk.kind=seq2seq", 2, "taskk"),
+    Case("finetune-bad-kind", "pretrain finetune {finetune} task.kind=regression", 2, "task.kind"),
+    Case("finetune-bad-record", "pretrain finetune {finetune}", 1, "bad_records.jsonl:2: not JSON"),
+    Case(
+        "finetune-missing-column",
+        "pretrain finetune {finetune} task.train={w}/records.csv",
+        1,
+        "records.csv:1: no column text",
+    ),
+    Case("finetune-missing-init", "pretrain finetune {finetune} init={w}/nope", 1, "nope"),
+    Case(
+        "evaluate-task-of-a-pretraining-checkpoint",
+        "pretrain evaluate {ckpt} --task",
+        1,
+        "not a `pretrain finetune` checkpoint",
+    ),
+    Case(
+        "make-task-missing-corpus", "pretrain make-task speakers {w}/absent.txt {w}/t", 1, "absent"
+    ),
+    Case(
+        "make-task-wrong-corpus", "pretrain make-task headings {w}/bad.yaml {w}/t", 1, "no headings"
+    ),
     # -- pretrain-launch -----------------------------------------------------------------------
     Case("launch-missing-profile", "pretrain-launch {w}/nope.yaml {exp}", 2, "nope.yaml"),
     Case("launch-bad-profile-key", "pretrain-launch {cluster} {exp} nnodes=two", 2, "nnodes"),
@@ -289,8 +312,18 @@ def _build(workdir: Path, char_manifest: Path) -> dict[str, str]:
     (workdir / "export_broken_info" / "export.json").write_text("{")
     weights = workdir / "export_broken_weights" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
+    # A fine-tuning config from the export whose training records break at line 2.
+    records = workdir / "bad_records.jsonl"
+    records.write_text('{"text": "a", "label": "x"}\n{not json\n')
+    (workdir / "records.csv").write_text("sentence,label\nhello,x\n")
+    finetune = workdir / "finetune.yaml"
+    finetune.write_text(
+        f"init: {export}\ntask:\n  kind: classification\n  train: {records}\n"
+        f"  validation: {records}\ncheckpoint:\n  dir: {workdir / 'ft_checkpoints'}\n"
+    )
     return {
         "w": str(workdir),
+        "finetune": str(finetune),
         "exp": str(exp),
         "recipe": str(recipe),
         "tok_recipe": str(tok_recipe),

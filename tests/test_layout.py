@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"pretrain.train"},
     {"pretrain.export"},
     {"pretrain.generate"},
+    {"pretrain.finetune"},
     {"pretrain.cli"},
 ]
 

@@ -287,7 +287,13 @@ def load(
         tokens_seen=head["tokens_seen"],
         skipped_steps=head["skipped_steps"],
         consecutive_skips=head["consecutive_skips"],
-        loader=merge_states([s["loader"] for s in states]),
+        # A loader whose state is global (every rank holds the same, e.g. fine-tuning's
+        # position in its example order) needs no merging.
+        loader=(
+            head["loader"]
+            if head["loader"].get("global")
+            else merge_states([s["loader"] for s in states])
+        ),
         mems=[],
         rng=head["rng"],
         run_id=head["run_id"],

@@ -15,7 +15,7 @@ import hashlib
 import io
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,13 +30,17 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from data_pipeline.console import route_library_loggers
-from pretrain.config import EngineConfig, ExperimentConfig, TrainConfig
+from pretrain.config import EngineConfig, ExperimentConfig, ModelConfig, TrainConfig
 from pretrain.distributed import process_group
-from pretrain.model import FAMILIES, LanguageModel
+from pretrain.model import FAMILIES
 from pretrain.model.build import DTYPES
 
 route_library_loggers()  # its import wrote its own stdout handler over ours
 logger = logging.getLogger(__name__)
+
+# Builds the module to train from the model config; it has `init_weights(gather)` like the
+# families (`LanguageModel.init_weights`).
+ModelFactory = Callable[[ModelConfig], Any]
 
 
 def on_cpu() -> bool:
@@ -138,17 +142,53 @@ def gather_for_init(params: list[nn.Parameter]) -> AbstractContextManager[object
     return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=0)
 
 
-def build_partitioned_model(config: ExperimentConfig, ds_config: dict[str, Any]) -> LanguageModel:
-    """The family's class built under ``zero.Init`` (parameters allocated, not initialised),
-    then initialised once, module by module, through ``gather_for_init``."""
+def build_partitioned_model(
+    config: ExperimentConfig,
+    ds_config: dict[str, Any],
+    factory: ModelFactory | None = None,
+) -> nn.Module:
+    """The family's class (or what ``factory`` builds from the model config: a fine-tuning
+    model around it) built under ``zero.Init`` (parameters allocated, not initialised), then
+    initialised once, module by module, through ``gather_for_init``."""
     torch.manual_seed(config.train.seed)  # same initial weights for any world size
     with zero_init(config, ds_config):
-        model = FAMILIES[config.model.family](config.model)
+        model = (factory or FAMILIES[config.model.family])(config.model)
     model.init_weights(gather_for_init)
     return model
 
 
-def apply_activation_checkpointing(model: LanguageModel, train: TrainConfig) -> int:
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Copy ``state`` into ``model``'s parameters, partitioned (ZeRO-3) or not, module by module
+    (one gathered at a time). Every rank must call it, in the same order, with the same keys:
+    under ZeRO-3 rank 0's values are scattered back. A parameter known under several names (tied
+    embeddings) takes the first that ``state`` has. Returns (parameters not in ``state``, keys
+    of ``state`` no parameter took)."""
+    names: dict[int, list[str]] = {}
+    params: dict[int, nn.Parameter] = {}
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            full = f"{module_name}.{name}" if module_name else name
+            names.setdefault(id(param), []).append(full)
+            params[id(param)] = param
+    used: set[str] = set()
+    missing: list[str] = []
+    for key, param in params.items():
+        found = next((n for n in names[key] if n in state), None)
+        if found is None:
+            missing.append(names[key][0])
+            continue
+        used.update(n for n in names[key] if n in state)
+        with gather_for_init([param]), torch.no_grad():
+            if param.shape != state[found].shape:
+                raise ValueError(
+                    f"{found}: the weights have shape {tuple(state[found].shape)}, the model "
+                    f"{tuple(param.shape)}"
+                )
+            param.copy_(state[found].to(param.dtype))
+    return missing, sorted(set(state) - used)
+
+
+def apply_activation_checkpointing(model: nn.Module, train: TrainConfig) -> int:
     """Recompute selected blocks' activations in the backward pass instead of storing them.
 
     Uses PyTorch's non-reentrant checkpointing, which handles keyword arguments, tensors that do
@@ -237,11 +277,25 @@ def initialize(config: ExperimentConfig) -> Engine:
     return build(config)
 
 
-def build(config: ExperimentConfig) -> Engine:
+def build(
+    config: ExperimentConfig,
+    factory: ModelFactory | None = None,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> Engine:
     """The model, optimizer and DeepSpeed engine, in a process group already joined
-    (`init_distributed`)."""
+    (`init_distributed`). ``factory`` builds another model from the model config (fine-tuning
+    heads); ``weights`` are copied in after initialisation (`load_weights`), e.g. a pretrained
+    model's."""
     ds_config = deepspeed_config(config, dist.get_world_size())
-    model = build_partitioned_model(config, ds_config)
+    model = build_partitioned_model(config, ds_config, factory)
+    if weights is not None:
+        missing, unused = load_weights(model, weights)
+        if dist.get_rank() == 0:
+            logger.info(
+                "weights loaded; newly initialised: %s; not used: %s",
+                ", ".join(missing) or "none",
+                ", ".join(unused) or "none",
+            )
     apply_activation_checkpointing(model, config.train)
     optimizer = SkippableAdamW(
         param_groups(model, config.train),

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -45,6 +45,25 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+class StepLoader(Protocol):
+    """What the loop needs of a training loader: a step's micro-batches and an exact state.
+    `TrainLoader` and `MixtureLoader` are ones; fine-tuning brings its own
+    (`pretrain.finetune.loader`)."""
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def next_step(self) -> list[Batch]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(
+        self, state: dict[str, Any], *, allow_new_streams: bool = False
+    ) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class StepResult:
     loss: float  # mean over the step's target tokens, all ranks
@@ -67,8 +86,8 @@ class Trainer:
         config: ExperimentConfig,
         *,
         engine: eng.Engine | None = None,
-        loader: TrainLoader | MixtureLoader | None = None,
-        validation: ValidationLoader | None = None,
+        loader: StepLoader | None = None,
+        validation: Any = None,  # what `validate` reads: a ValidationLoader unless overridden
         tracker: Tracker | None = None,
         faults: Faults | None = None,
     ) -> None:
@@ -94,10 +113,12 @@ class Trainer:
             "grad_accum": cfg.train.grad_accum,
             "mem_len": cfg.model.mem_len,  # data.order auto: shuffled windows when no memory
         }
+        if loader is None and validation is None:
+            loader, validation = self.own_loaders()
         mixture = cfg.data.mixture
         if not mixture and not cfg.data.manifest and (loader is None or validation is None):
             raise ValueError("data: set data.manifest or data.mixture (neither is set)")
-        self.loader: TrainLoader | MixtureLoader
+        self.loader: StepLoader
         if loader is not None:
             self.loader = loader
         elif mixture:
@@ -106,6 +127,7 @@ class Trainer:
             self.loader = TrainLoader(cfg.data.manifest, **train_args)
         # Validation per source of a mixture (val/<name>/...), besides their weighted total.
         self.validation_sources: dict[str, ValidationLoader] = {}
+        self.validation: Any
         if validation is not None:
             self.validation = validation
         elif mixture:
@@ -129,7 +151,7 @@ class Trainer:
             else train_checkpoint.check_compatible(self.resume_point, cfg)
         )
         self.timeline = train_checkpoint.start_timeline(cfg, self.resume_point)
-        self.engine = eng.build(cfg) if engine is None else engine
+        self.engine = self.build_engine() if engine is None else engine
         self.device = eng.device_of(self.engine.model)
         self.state = train_checkpoint.TrainerState(
             step=0,
@@ -151,6 +173,16 @@ class Trainer:
             cfg.train.micro_batch_size * cfg.train.grad_accum * self.world_size * cfg.train.seq_len
         )
         self.flops_per_token = flops_per_token(cfg.model, cfg.train.seq_len)
+
+    def own_loaders(self) -> tuple[StepLoader | None, Any]:
+        """(training loader, what `validate` reads) of a trainer that reads other data than
+        the config's shards (fine-tuning); called once the process group is joined. None: the
+        loaders are built from ``config.data``."""
+        return None, None
+
+    def build_engine(self) -> eng.Engine:
+        """The model under DeepSpeed (fine-tuning builds another model, with other weights)."""
+        return eng.build(self.config)
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -280,11 +312,31 @@ class Trainer:
             extra={
                 "run_id": self.state.run_id,
                 "fingerprint": self.loader.fingerprint,
-                # Lets evaluate check a tokenizer where the training manifest is not at hand.
-                "tokenizer_hash": self.loader.source.manifest.tokenizer_hash,
+                **self.checkpoint_extra(),
             },
         )
         self.log(f"checkpoint step {self.state.step} committed in {self.config.checkpoint.dir}")
+
+    def _manifest(self) -> Any:
+        assert isinstance(self.loader, TrainLoader | MixtureLoader)
+        return self.loader.source.manifest
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """What a commit marker records besides the run id and the data fingerprint."""
+        # Lets evaluate check a tokenizer where the training manifest is not at hand.
+        return {"tokenizer_hash": self._manifest().tokenizer_hash}
+
+    def data_artifacts(self) -> dict[str, str]:
+        """Texts logged with the run describing its data, by artifact path."""
+        summary = _manifest_summary(self._manifest())
+        return {
+            "data/manifest_summary.json": _json(summary),
+            "data/tokenizer.json": _json(summary["tokenizer"]),
+        }
+
+    def run_tags(self) -> dict[str, str]:
+        """Tags of the MLflow run besides the world size and hosts."""
+        return {"dataset_fingerprint": self.loader.fingerprint}
 
     def resume(self) -> None:
         point, changes = self.resume_point, self.resume_changes
@@ -322,17 +374,16 @@ class Trainer:
         self.resume()
         tags = {
             "world_size": str(self.world_size),
-            "dataset_fingerprint": self.loader.fingerprint,
             "hosts": ",".join(sorted(set(_all_hostnames()))),
+            **self.run_tags(),
         }
         if self.build_tracker:
             self.tracker = create_tracker(cfg, rank=self.rank, run_id=self.state.run_id, tags=tags)
         self.state.run_id = _broadcast(self.tracker.run_id)
         if self.rank == 0 and isinstance(self.tracker.run_id, str):
             self.tracker.log_text(_json(self.engine.ds_config), "config/deepspeed.json")
-            summary = _manifest_summary(self.loader.source.manifest)
-            self.tracker.log_text(_json(summary), "data/manifest_summary.json")
-            self.tracker.log_text(_json(summary["tokenizer"]), "data/tokenizer.json")
+            for artifact, text in self.data_artifacts().items():
+                self.tracker.log_text(text, artifact)
             if self.resume_changes:
                 # What a resumed run changed (world size, batch shape, ...), kept with the run.
                 self.tracker.log_text(

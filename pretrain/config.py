@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Family = Literal["decoder", "encoder", "encoder_decoder"]
 Position = Literal["relative", "rotary", "learned"]
@@ -116,6 +116,8 @@ class DataConfig:
     # Resume with other mixture weights or sources (the anneal of a WSD schedule); refused
     # otherwise, naming the difference.
     allow_mixture_change: bool = False
+    # fsspec options for a URL manifest and its shards (endpoint, credentials), e.g. on S3.
+    storage_options: dict[str, Any] = field(default_factory=dict)
     train_split: str = "train"
     validation_split: str = "validation"
     seed: int = 0
@@ -242,9 +244,16 @@ class EngineConfig:
 
 @dataclass
 class CheckpointConfig:
-    dir: str = ""  # empty: runs/<experiment name>/checkpoints, so experiments never share one
+    # A local path or an fsspec URL (s3://bucket/prefix): docs/architecture.md "Checkpoints on
+    # object storage". Empty: runs/<experiment name>/checkpoints, so experiments never share one.
+    dir: str = ""
     every_steps: int = 500
     keep_last: int = 3
+    # fsspec options for a URL ``dir`` (endpoint, credentials); never written into a checkpoint.
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    # Where each node stages a save before uploading it and caches the step it resumes from,
+    # for a URL ``dir``. Empty: <temp dir>/mnemos-checkpoints/<hash of dir>.
+    local_dir: str = ""
 
     def validate(self) -> None:
         if self.every_steps < 1:

@@ -6,6 +6,8 @@ middle of writing checkpoint N. The value is a comma-separated list of ``kind@st
 
 - ``nonfinite@5:1``: rank 1's loss is NaN at step 5 (every rank when ``:rank`` is left out);
 - ``die_in_save@4``: SIGKILL this process after DeepSpeed wrote step 4's shards, before commit;
+- ``die_in_upload@4``: SIGKILL this process after it uploaded the first of its files of step 4
+  to a ``checkpoint.dir`` on object storage, before the step is committed;
 - ``die_in_conversion@4``: SIGKILL rank 0 after DeepSpeed converted step 4 to a universal
   checkpoint, before that conversion is sealed and renamed into place;
 - ``sigterm@5:1``: rank 1 sends itself SIGTERM as step 5 begins (a preemption notice that
@@ -19,7 +21,7 @@ import signal
 from dataclasses import dataclass, field
 
 ENV = "MNEMOS_FAULTS"
-KINDS = ("nonfinite", "die_in_save", "die_in_conversion", "sigterm")
+KINDS = ("nonfinite", "die_in_save", "die_in_upload", "die_in_conversion", "sigterm")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,10 @@ class Faults:
 
     def die_in_save(self, step: int, rank: int) -> None:
         if self.active("die_in_save", step, rank):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def die_in_upload(self, step: int, rank: int) -> None:
+        if self.active("die_in_upload", step, rank):
             os.kill(os.getpid(), signal.SIGKILL)
 
     def die_in_conversion(self, step: int) -> None:

@@ -234,7 +234,7 @@ def _log(checkpoint: Checkpoint, report: dict[str, Any]) -> str | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    checkpoint = open_checkpoint(args.checkpoint, args.step, _overrides(args))
+    checkpoint = open_checkpoint(args.checkpoint, args.step, _overrides(args), args.storage_options)
     report = run_evaluation(
         checkpoint, data=args.data, streams=args.streams, sweep=args.mem_len_sweep
     )

@@ -117,7 +117,9 @@ def export(
 
 
 def main(args: argparse.Namespace) -> int:
-    checkpoint = open_checkpoint(args.checkpoint, args.step, list(args.overrides))
+    checkpoint = open_checkpoint(
+        args.checkpoint, args.step, list(args.overrides), args.storage_options
+    )
     record = export(
         checkpoint,
         args.out,

@@ -122,6 +122,9 @@ class DataConfig:
     validation_split: str = "validation"
     seed: int = 0
     on_bad_shard: Literal["fail", "skip"] = "fail"
+    # A shard read that fails with an I/O error is retried this many times in a row (the shard
+    # reopened at the sample it stopped at) before the shard counts as bad.
+    read_retries: int = 3
     prefetch_batches: int = 4
     mlm_probability: float = 0.15
     noise_density: float = 0.15  # span corruption: fraction of tokens masked
@@ -154,6 +157,8 @@ class DataConfig:
             raise ValueError(
                 f"shuffle_buffer_tokens must be >= 1, got {self.shuffle_buffer_tokens}"
             )
+        if self.read_retries < 0:
+            raise ValueError(f"read_retries must be >= 0, got {self.read_retries}")
         if self.prefetch_batches < 1:
             raise ValueError(f"prefetch_batches must be >= 1, got {self.prefetch_batches}")
         for name in ("mlm_probability", "noise_density"):

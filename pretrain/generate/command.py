@@ -69,8 +69,9 @@ def load_generator(
     )
 
     checkpoint = open_checkpoint(source, step)
-    manifest = training_manifest(data_manifest_url(checkpoint.config.data))
-    tokenizer = manifest_tokenizer(manifest, tokenizer_path)
+    options = checkpoint.config.data.storage_options
+    manifest = training_manifest(data_manifest_url(checkpoint.config.data), options)
+    tokenizer = manifest_tokenizer(manifest, tokenizer_path, options)
     return Generator(load_model(checkpoint, precision), tokenizer)
 
 

@@ -1,4 +1,5 @@
-"""A training run whose checkpoint.dir is on S3 (moto's server on 127.0.0.1, real s3fs): a rank
+"""A training run whose data and checkpoint.dir are on S3 (moto's server on 127.0.0.1, real
+s3fs, explicit credentials in data.storage_options and checkpoint.storage_options): a rank
 SIGKILLed in the middle of uploading step 8 leaves step 4 the resume point; the resumed run ends
 exactly where an uninterrupted local run does; evaluate and export read the URL.
 
@@ -20,7 +21,8 @@ from pretrain.pretrained import load_pretrained
 from pretrain.tracking import read_run
 from tests.helpers.moto_server import make_bucket, moto_server, s3_options
 from tests.helpers.trained_runs import experiment_file
-from tests.train.runs import assert_same_weights, dump, losses, rank0, train, weights
+from tests.train.conftest import Reference
+from tests.train.runs import assert_same_weights, dump, rank0, train, weights
 
 pytest.importorskip("s3fs", reason="s3fs is not installed (pip install '.[s3]')")
 pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install '.[dev]')")
@@ -29,30 +31,33 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.s3]
 
 
 def _s3_experiment(tmp_path: Path, manifest: Path, url: str, endpoint: str) -> Path:
+    """The tiny experiment of tests/train/test_resume.py, its data and checkpoints on S3."""
     path = experiment_file(tmp_path, manifest)
     options = json.dumps(s3_options(endpoint))  # YAML reads JSON
     text = path.read_text().replace(
         f"  dir: {tmp_path / 'checkpoints'}\n",
         f"  dir: {url}\n  storage_options: {options}\n  local_dir: {tmp_path / 'staging'}\n",
     )
+    text = text.replace(
+        f"  manifest: {manifest}\n",
+        f"  manifest: s3://data/char/manifest.json\n  storage_options: {options}\n",
+    )
     path.write_text(text)
     return path
 
 
 def test_s3_checkpoints_survive_a_kill_during_upload_and_resume_exactly(
-    char_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    char_manifest: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], reference: Reference
 ) -> None:
-    reference_dir = tmp_path / "reference"
-    reference_dir.mkdir()
-    train(reference_dir, experiment_file(reference_dir, char_manifest))
-    reference_losses = losses(reference_dir)
-    reference_weights = weights(reference_dir / "checkpoints", 8)
+    reference_losses, reference_weights = reference.losses, reference.weights
 
     with moto_server(tmp_path) as endpoint:
         make_bucket(endpoint, "ckpt")
+        make_bucket(endpoint, "data")
         url = "s3://ckpt/runs/tiny"
         options = s3_options(endpoint)
         store = RemoteRoot(url, options)
+        store.fs.put(f"{char_manifest.parent}/", "data/char/", recursive=True)
         config = _s3_experiment(tmp_path, char_manifest, url, endpoint)
 
         # Rank 1 is SIGKILLed after uploading its first file of step 8: step 8 stays uncommitted.
@@ -76,12 +81,14 @@ def test_s3_checkpoints_survive_a_kill_during_upload_and_resume_exactly(
         options_file = tmp_path / "s3.json"
         options_file.write_text(json.dumps(options))
         capsys.readouterr()
-        args = ["--storage-options", str(options_file), "--json", "--no-mlflow"]
+        data_options = f"data.storage_options={json.dumps(options)}"  # never saved in a step
+        args = ["--storage-options", str(options_file), "--json", "--no-mlflow", data_options]
         assert main(["evaluate", url, *args]) == 0
         report = json.loads(capsys.readouterr().out)
         assert report["step"] == 8 and report["checkpoint"] == str(point.directory)
         out = tmp_path / "export"
-        assert main(["export", url, str(out), "--storage-options", str(options_file)]) == 0
+        export_args = ["--storage-options", str(options_file), data_options]
+        assert main(["export", url, str(out), *export_args]) == 0
         exported = load_pretrained(out).model.state_dict()
         assert exported.keys() & reference_weights.keys()
         assert_same_weights(

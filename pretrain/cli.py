@@ -200,7 +200,7 @@ def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def _storage_options(text: str) -> dict[str, Any]:
     """--storage-options: a JSON object, or the path of a file holding one (keeps credentials
     off the command line)."""
-    source = text if text.lstrip().startswith("{") else None
+    source = text if text.lstrip()[:1] in ("{", "[") else None
     if source is None:
         try:
             source = Path(text).read_text()
@@ -318,6 +318,7 @@ def generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tokenizer", metavar="PATH", help="tokenizer artifact override")
     parser.add_argument("--json", action="store_true", help="print JSON (ids and text)")
+    storage_options_argument(parser)
 
 
 Handler = Callable[[argparse.Namespace], int]

@@ -18,7 +18,7 @@ rules of `layout.steps_to_prune` (a run prunes only its own timeline's steps).
 
 To resume, evaluate or export, rank 0 (or the one process) reads the newest marker, downloads
 the step's files into the local cache (files already there with the recorded size are kept),
-and verifies every file against the marker's sha256 before anything loads it; a step that fails
+and verifies every file against the marker's digests before anything loads it; a step that fails
 is reported and the previous one is tried, as locally. The universal conversion of a step for
 another world size is made in the local cache and not uploaded (it is derived data).
 """

@@ -137,7 +137,9 @@ def save(
         shutil.rmtree(directory, ignore_errors=True)  # this node's leftover of a killed save
         root.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    written = eng.save_checkpoint(engine.model, str(root), directory.name)
+    written = eng.save_checkpoint(
+        engine.model, str(root), directory.name, (ckpt.DIGEST, ckpt.new_digest)
+    )
     faults.die_in_save(state.step, rank)
     ckpt.save_trainer_state(ckpt.trainer_state_path(directory, rank), state.to_dict())
     if rank == 0:

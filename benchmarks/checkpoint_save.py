@@ -186,7 +186,11 @@ def main() -> None:
     for name, values in report["times"].items():
         speed = median["bare"] / median[name]
         runs = ", ".join(f"{v:.2f}" for v in values)
-        print(f"{name:>20}: median {median[name]:.2f} s ({runs}); speed vs bare {speed:.2f}x")
+        fastest = min(report["times"]["bare"]) / min(values)
+        print(
+            f"{name:>20}: median {median[name]:.2f} s ({runs}); speed vs bare {speed:.2f}x "
+            f"(fastest rounds: {fastest:.2f}x)"
+        )
     for name, values in report["cpu"].items():
         runs = ", ".join(f"{v:.2f}" for v in values)
         print(

@@ -346,8 +346,17 @@ def convert_to_universal(step: Path, out: Path) -> None:
         inject_missing_state=False,
     )
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        ds_to_universal.main(args)
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            ds_to_universal.main(args)
+    except AssertionError as err:
+        if "universal_checkpoint_info" not in str(err):
+            raise
+        raise RuntimeError(
+            f"{step} was saved without DeepSpeed's universal_checkpoint_info (a ZeRO 1/2 step "
+            "written before mnemos declared it), so DeepSpeed cannot convert it for another "
+            "world size: resume it at the world size it was saved with, then save again"
+        ) from None
     for line in printed.getvalue().splitlines():
         logger.debug("%s", line)
     # The converter points a `latest_universal` file beside its output; nothing here reads it.

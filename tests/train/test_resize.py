@@ -222,10 +222,9 @@ def test_other_families_resume_at_another_size(
 
 
 def test_zero_stage_2_resumes_at_another_size_exactly(char_manifest: Path, tmp_path: Path) -> None:
-    """ZeRO stages 1 and 2 partition the fp32 weights and Adam moments by rank as stage 3 does
-    (one DeepSpeed optimizer and checkpoint format for both; they differ in how gradients are
-    partitioned, which a checkpoint does not hold), and resume at another size through the same
-    universal conversion: weights, moments and the data order come back exactly."""
+    """ZeRO stage 2 partitions the fp32 weights and Adam moments by rank as stage 3 does, in
+    another checkpoint format, and resumes at another size through the same universal
+    conversion: weights, moments and the data order come back exactly."""
     config = _config(tmp_path, char_manifest)
     stage = "engine.zero_stage=2"
     _train(tmp_path, config, 2, *TWO_RANKS, stage, "train.max_steps=4")

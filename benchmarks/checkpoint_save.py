@@ -4,14 +4,23 @@ One 2-process ZeRO-3 bf16 job (gloo, CPU) builds a ~100M-parameter decoder, take
 step (so the Adam moments exist and are saved), then saves it repeatedly, interleaving:
 
 * **bare**: ``engine.save_checkpoint(root, tag)``, DeepSpeed alone (no hashes, no marker);
+* **hashed write (sha256)**: DeepSpeed's save with every shard hashed as it is written, with
+  sha256 (the digest markers recorded before xxh3-128), to measure the digest's own cost in the
+  same run; **hashed write**: the same with the trainer's digest (xxh3-128);
 * **trainer**: `pretrain.checkpoint.state.save`: the same DeepSpeed save with every rank's
   shards hashed as they are written, the per-rank trainer state, the config files (hashed by
   their rank), the digests gathered into ``COMMITTED`` and ``latest``;
 * **rank-0 hashing** (the previous protocol, for comparison): DeepSpeed's save, a barrier,
   then rank 0 reading and hashing every rank's files alone while the others wait.
 
-Each save is timed on rank 0 from a barrier before it to a barrier after it; the page cache is
-not dropped (a save's files are read back by its own hashing while still cached, as in a run).
+Besides the wall time, the CPU time both ranks spend in each save is summed (``process_time``,
+user + system, all threads): on a machine that other jobs load, it says what a save costs far
+more steadily than the wall time does.
+
+Each save is timed on rank 0 from a barrier before it to a barrier after it, after an
+``os.sync()`` (untimed) so that no save pays for the writeback of the ones before it; the order of
+the variants rotates from round to round. The page cache is not dropped (a save's files are read
+back by its own hashing while still cached, as in a run).
 
     PYTHONPATH=. python benchmarks/checkpoint_save.py --repeats 3
 """
@@ -19,6 +28,7 @@ not dropped (a save's files are read back by its own hashing while still cached,
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -79,20 +89,34 @@ def worker(repeats: int, root: str) -> None:
         rng=ckpt.capture_rng_state(), run_id=None,
     )  # fmt: skip
 
-    def timed(action: object) -> float:
+    def timed(action: object) -> tuple[float, float]:
+        """(wall seconds on rank 0, CPU seconds of both ranks together) of ``action``."""
+        # Every save starts with the previous saves' dirty pages written back (outside the
+        # timing): otherwise a save that follows others in a round pays for their writeback.
+        os.sync()
         dist.barrier()
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         action()  # type: ignore[operator]
         dist.barrier()
-        return time.perf_counter() - started
+        wall = time.perf_counter() - started
+        spent = torch.tensor([time.process_time() - cpu], dtype=torch.float64)
+        dist.all_reduce(spent)
+        return wall, float(spent.item())
 
     def bare() -> None:
         engine.model.save_checkpoint(f"{root}/bare", tag=f"step_{state.step:07d}")
 
     def hashed_write() -> None:
-        eng.save_checkpoint(engine.model, f"{root}/hashed", f"step_{state.step:07d}")
+        eng.save_checkpoint(
+            engine.model, f"{root}/hashed", f"step_{state.step:07d}", (ckpt.DIGEST, ckpt.new_digest)
+        )
 
     timeline = train_checkpoint.Timeline()  # one run: each repeat replaces its own step
+
+    def hashed_write_sha256() -> None:
+        eng.save_checkpoint(
+            engine.model, f"{root}/sha256", f"step_{state.step:07d}", ("sha256", hashlib.sha256)
+        )
 
     def trainer() -> None:
         train_checkpoint.save(engine, config, state, faults=Faults(), extra={}, timeline=timeline)
@@ -107,27 +131,34 @@ def worker(repeats: int, root: str) -> None:
     times: dict[str, list[float]] = {
         "bare": [],
         "hashed_write": [],
+        "hashed_write_sha256": [],
         "trainer": [],
         "rank0_hashing": [],
     }
+    cpu: dict[str, list[float]] = {name: [] for name in times}
     variants = [
         ("bare", bare),
         ("hashed_write", hashed_write),
+        ("hashed_write_sha256", hashed_write_sha256),
         ("trainer", trainer),
         ("rank0_hashing", rank0_hashing),
     ]
     for repeat in range(repeats + 1):  # the first round warms up and is not counted
         state.step = repeat + 1
-        for name, action in variants:
-            seconds = timed(action)
+        # The order rotates each round, so no variant always follows the same other one.
+        shift = repeat % len(variants)
+        for name, action in variants[shift:] + variants[:shift]:
+            seconds, cpu_seconds = timed(action)
             if repeat:
                 times[name].append(seconds)
+                cpu[name].append(cpu_seconds)
         if rank == 0:  # keep one step of each on disk
-            for kind in ("bare", "hashed", "serial", "trainer"):
+            for kind in ("bare", "hashed", "sha256", "serial", "trainer"):
                 shutil.rmtree(f"{root}/{kind}/step_{state.step - 1:07d}", ignore_errors=True)
     if rank == 0:
         size = sum(f.stat().st_size for f in Path(root, "bare").rglob("*") if f.is_file())
-        print(json.dumps({"params": params, "bytes": size, "times": times}), flush=True)
+        report = {"params": params, "bytes": size, "times": times, "cpu": cpu}
+        print(json.dumps(report), flush=True)
 
 
 def main() -> None:
@@ -151,10 +182,21 @@ def main() -> None:
     report = json.loads(line)
     median = {name: statistics.median(values) for name, values in report["times"].items()}
     print(f"{report['params'] / 1e6:.1f}M parameters, {report['bytes'] / 2**20:.0f} MiB per save")
+    cpu = {name: statistics.median(values) for name, values in report["cpu"].items()}
     for name, values in report["times"].items():
         speed = median["bare"] / median[name]
         runs = ", ".join(f"{v:.2f}" for v in values)
-        print(f"{name:>14}: median {median[name]:.2f} s ({runs}); speed vs bare {speed:.2f}x")
+        fastest = min(report["times"]["bare"]) / min(values)
+        print(
+            f"{name:>20}: median {median[name]:.2f} s ({runs}); speed vs bare {speed:.2f}x "
+            f"(fastest rounds: {fastest:.2f}x)"
+        )
+    for name, values in report["cpu"].items():
+        runs = ", ".join(f"{v:.2f}" for v in values)
+        print(
+            f"{name:>20}: CPU (both ranks) median {cpu[name]:.2f} s ({runs}); "
+            f"bare's CPU / this one's {cpu['bare'] / cpu[name]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

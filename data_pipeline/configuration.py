@@ -337,7 +337,8 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
 
     def walk(node: Any, path: str) -> None:
-        if isinstance(node, dict) and node:
+        if isinstance(node, dict):
+            # An empty mapping (storage_options left at its default) holds no parameter.
             for k, v in node.items():
                 walk(v, join_key(path, k))
         else:

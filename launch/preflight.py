@@ -15,6 +15,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from data_pipeline.configuration import ConfigError, load_config
 from launch.config import ClusterConfig
@@ -33,7 +34,9 @@ def experiment(path: str, overrides: Sequence[str]) -> ExperimentConfig:
         raise PreflightError(f"config: {err}") from None
 
 
-def check_manifest(url: str, train_split: str = "train") -> str | None:
+def check_manifest(
+    url: str, train_split: str = "train", storage_options: dict[str, Any] | None = None
+) -> str | None:
     if not url:
         return (
             "data.manifest is not set: point it at the manifest.json of `data-pipeline prepare` "
@@ -42,7 +45,7 @@ def check_manifest(url: str, train_split: str = "train") -> str | None:
     try:
         import fsspec
 
-        with fsspec.open(url, "rb") as handle:
+        with fsspec.open(url, "rb", **(storage_options or {})) as handle:
             manifest = json.loads(handle.read())
     except (OSError, ValueError, ImportError) as err:
         return f"data manifest {url} is not readable: {type(err).__name__}: {err}"
@@ -117,7 +120,8 @@ def check_ssh(host: str) -> str | None:
 def node_checks(config: ExperimentConfig) -> list[str]:
     """What must hold on every node: the data is readable, checkpoints can be written."""
     manifests = [s.manifest for s in config.data.mixture] or [config.data.manifest]
-    found = [check_manifest(url, config.data.train_split) for url in manifests]
+    options = config.data.storage_options
+    found = [check_manifest(url, config.data.train_split, options) for url in manifests]
     found.append(check_writable(config.checkpoint.dir))
     return [f for f in found if f]
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from data_pipeline.config_cli import (
@@ -142,6 +144,7 @@ EVALUATE_EXAMPLES = """examples:
   pretrain evaluate runs/shakespeare_xl/checkpoints --mem-len-sweep 0,64,128,256
   pretrain evaluate CKPT --data runs/data/other/manifest.json --split validation
   torchrun --nproc_per_node=2 -m pretrain.cli evaluate runs/shakespeare_xl/checkpoints
+  pretrain evaluate s3://bucket/runs/xl/checkpoints --storage-options s3.json
 """
 
 
@@ -200,6 +203,7 @@ def evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "BLEU, chrF, ROUGE-L and exact match (greedy), beside the baseline; on the task's "
         "validation split, or on the labelled file given",
     )
+    storage_options_argument(parser)
 
 
 FINETUNE_EXAMPLES = """examples:
@@ -261,12 +265,43 @@ def _run_make_task(args: argparse.Namespace) -> int:
     return make_task(args)
 
 
+def _storage_options(text: str) -> dict[str, Any]:
+    """--storage-options: a JSON object, or the path of a file holding one (keeps credentials
+    off the command line)."""
+    source = text if text.lstrip()[:1] in ("{", "[") else None
+    if source is None:
+        try:
+            source = Path(text).read_text()
+        except OSError as err:
+            raise argparse.ArgumentTypeError(f"cannot read {text}: {err.strerror}") from None
+    try:
+        value = json.loads(source)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not a JSON object: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"not a JSON object: {type(value).__name__}")
+    return value
+
+
+def storage_options_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--storage-options",
+        type=_storage_options,
+        default=None,
+        metavar="JSON|FILE",
+        help="fsspec options for a CHECKPOINT URL (s3://...): endpoint, credentials; a JSON "
+        'object (\'{"key": ..., "secret": ..., "client_kwargs": {"endpoint_url": ...}}\') or '
+        "the path of a file holding one",
+    )
+
+
 EXPORT_EXAMPLES = """examples:
   pretrain export runs/shakespeare_xl/checkpoints exports/shakespeare_xl
   pretrain export runs/shakespeare_xl/checkpoints exports/xl_step200 --step 200
   pretrain export runs/gpt2_small/checkpoints exports/gpt2_hf --format hf
   pretrain export runs/shakespeare_xl/checkpoints exports/xl_hf --format hf --dtype bf16
   pretrain export runs/shakespeare_xl/checkpoints exports/xl --register shakespeare-xl
+  pretrain export s3://bucket/runs/xl/checkpoints exports/xl --storage-options s3.json
   python -c "from pretrain.pretrained import load_pretrained; print(load_pretrained('exports/xl'))"
 """
 
@@ -310,6 +345,7 @@ def export_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="overrides of the checkpoint's config, e.g. tracking.uri=...",
     )
+    storage_options_argument(parser)
 
 
 GENERATE_EXAMPLES = """examples:
@@ -350,6 +386,7 @@ def generate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tokenizer", metavar="PATH", help="tokenizer artifact override")
     parser.add_argument("--json", action="store_true", help="print JSON (ids and text)")
+    storage_options_argument(parser)
 
 
 Handler = Callable[[argparse.Namespace], int]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 Family = Literal["decoder", "encoder", "encoder_decoder"]
 Position = Literal["relative", "rotary", "learned"]
@@ -116,10 +116,15 @@ class DataConfig:
     # Resume with other mixture weights or sources (the anneal of a WSD schedule); refused
     # otherwise, naming the difference.
     allow_mixture_change: bool = False
+    # fsspec options for a URL manifest and its shards (endpoint, credentials), e.g. on S3.
+    storage_options: dict[str, Any] = field(default_factory=dict)
     train_split: str = "train"
     validation_split: str = "validation"
     seed: int = 0
     on_bad_shard: Literal["fail", "skip"] = "fail"
+    # A shard read that fails with an I/O error is retried this many times in a row (the shard
+    # reopened at the sample it stopped at) before the shard counts as bad.
+    read_retries: int = 3
     prefetch_batches: int = 4
     mlm_probability: float = 0.15
     noise_density: float = 0.15  # span corruption: fraction of tokens masked
@@ -152,6 +157,8 @@ class DataConfig:
             raise ValueError(
                 f"shuffle_buffer_tokens must be >= 1, got {self.shuffle_buffer_tokens}"
             )
+        if self.read_retries < 0:
+            raise ValueError(f"read_retries must be >= 0, got {self.read_retries}")
         if self.prefetch_batches < 1:
             raise ValueError(f"prefetch_batches must be >= 1, got {self.prefetch_batches}")
         for name in ("mlm_probability", "noise_density"):
@@ -242,9 +249,16 @@ class EngineConfig:
 
 @dataclass
 class CheckpointConfig:
-    dir: str = ""  # empty: runs/<experiment name>/checkpoints, so experiments never share one
+    # A local path or an fsspec URL (s3://bucket/prefix): docs/architecture.md "Checkpoints on
+    # object storage". Empty: runs/<experiment name>/checkpoints, so experiments never share one.
+    dir: str = ""
     every_steps: int = 500
     keep_last: int = 3
+    # fsspec options for a URL ``dir`` (endpoint, credentials); never written into a checkpoint.
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    # Where each node stages a save before uploading it and caches the step it resumes from,
+    # for a URL ``dir``. Empty: <temp dir>/mnemos-checkpoints/<hash of dir>.
+    local_dir: str = ""
 
     def validate(self) -> None:
         if self.every_steps < 1:

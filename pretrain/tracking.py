@@ -25,7 +25,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from data_pipeline.configuration import flatten, to_yaml
+from data_pipeline.configuration import flatten, to_dict, to_yaml, without_storage_options
 from data_pipeline.console import route_library_loggers
 from pretrain.config import ExperimentConfig
 
@@ -162,7 +162,8 @@ class MlflowTracker(Tracker):
                 **(tags or {}),
             }
         )
-        self.log_text(to_yaml(config), "config/resolved.yaml")
+        # fsspec options (endpoints, credentials) say how storage is reached: kept out.
+        self.log_text(to_yaml(without_storage_options(to_dict(config))), "config/resolved.yaml")
 
     def _exists(self, run_id: str) -> bool:
         try:
@@ -179,6 +180,8 @@ class MlflowTracker(Tracker):
         params = []
         changed = {}
         for key, value in flatten(config).items():
+            if ".storage_options." in key:
+                continue  # how storage is reached (credentials), not a parameter of the run
             text = (
                 json.dumps(redact(key, value)) if not isinstance(value, str) else redact(key, value)
             )

@@ -165,6 +165,19 @@ CASES = [
     Case("evaluate-architecture", "pretrain evaluate {ckpt} model.n_layers=3", 1, "model.n_layers"),
     Case("evaluate-bad-override", "pretrain evaluate {ckpt} train.nokey=1", 1, "train.nokey"),
     Case("evaluate-unreadable-shards", "pretrain evaluate {ckpt}", 1, "step_0000004"),
+    # An object store that does not answer (a closed port): named, after s3fs's own retries.
+    Case(
+        "evaluate-url-unreachable",
+        "pretrain evaluate s3://nobucket/run --storage-options {s3_closed}",
+        1,
+        "cannot list s3://nobucket/run",
+    ),
+    Case(
+        "evaluate-bad-storage-options",
+        "pretrain evaluate s3://nobucket/run --storage-options [1]",
+        2,
+        "--storage-options",
+    ),
     # -- pretrain export -----------------------------------------------------------------------
     Case("export-missing", "pretrain export {w}/absent {w}/out", 1, "absent"),
     Case("export-bad-step", "pretrain export {ckpt} {w}/out --step 9", 1, "no step 9"),
@@ -321,9 +334,16 @@ def _build(workdir: Path, char_manifest: Path) -> dict[str, str]:
         f"init: {export}\ntask:\n  kind: classification\n  train: {records}\n"
         f"  validation: {records}\ncheckpoint:\n  dir: {workdir / 'ft_checkpoints'}\n"
     )
+    s3_closed = workdir / "s3_closed.json"
+    s3_closed.write_text(
+        json.dumps(
+            {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}
+        )
+    )
     return {
         "w": str(workdir),
         "finetune": str(finetune),
+        "s3_closed": str(s3_closed),
         "exp": str(exp),
         "recipe": str(recipe),
         "tok_recipe": str(tok_recipe),

@@ -2,7 +2,7 @@
 
 ```
 <dir>/step_0000100/            DeepSpeed's shards, trainer_state_rank{r}.pt, config.yaml, ...
-<dir>/step_0000100/COMMITTED   written last by rank 0: step, world size, sha256 of every file
+<dir>/step_0000100/COMMITTED   written last by rank 0: step, world size, digest of every file
 <dir>/latest                   "step_0000100", rewritten only after COMMITTED exists
 ```
 
@@ -31,6 +31,7 @@ from typing import Any, Literal, cast
 
 import numpy as np
 import torch
+import xxhash
 
 from data_pipeline.configuration import flatten
 from pretrain.config import ExperimentConfig
@@ -39,7 +40,7 @@ MARKER = "COMMITTED"
 LATEST = "latest"
 CONFIG_FILE = "config.yaml"  # the run's resolved config, in every step directory
 DS_CONFIG_FILE = "ds_config.json"  # the DeepSpeed config dict the run used
-_STEP_DIR = re.compile(r"^step_(\d{7,})$")
+STEP_NAME = re.compile(r"^step_(\d{7,})$")
 
 
 class CheckpointError(RuntimeError):
@@ -54,12 +55,34 @@ def trainer_state_path(directory: Path, rank: int) -> Path:
     return directory / f"trainer_state_rank{rank}.pt"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+# The digest recorded per file in new markers. It guards against corruption (a flipped bit, a
+# cut or swapped file), not against someone forging a checkpoint, so a fast non-cryptographic
+# 128-bit hash does: xxh3-128 runs at ~10 GB/s per core where sha256 runs at ~0.7 GB/s, and on a
+# busy node sha256 alone cost a quarter of a save (docs/benchmarks.md "Checkpoint save").
+# Markers written before record sha256, and still verify.
+DIGEST = "xxh3_128"
+DIGESTS: dict[str, Callable[[], Any]] = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
+
+
+def new_digest() -> Any:
+    """A running digest of the kind `DIGEST` names (what a file is hashed with as it is written)."""
+    return DIGESTS[DIGEST]()
+
+
+def _file_digest(path: Path, algorithm: str = DIGEST) -> str:
+    digest = DIGESTS[algorithm]()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+    return str(digest.hexdigest())
+
+
+def _recorded_digest(entry: dict[str, Any]) -> tuple[str, str]:
+    """(algorithm, hex digest) of a marker's file entry, of whichever algorithm wrote it."""
+    for algorithm in DIGESTS:
+        if algorithm in entry:
+            return algorithm, str(entry[algorithm])
+    raise KeyError(f"no digest ({', '.join(DIGESTS)}) in {entry}")
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -93,9 +116,9 @@ def owner_rank(name: str) -> int:
 def hash_files(
     directory: Path, *, rank: int | None = None, known: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, dict[str, Any]]:
-    """sha256 and size of the files of ``directory`` (those ``rank`` wrote, when given), keyed
-    by their path inside it: what `COMMITTED` records. ``known``: entries already hashed while
-    being written (keyed by relative path), taken as they are."""
+    """Digest (`DIGEST`) and size of the files of ``directory`` (those ``rank`` wrote, when
+    given), keyed by their path inside it: what `COMMITTED` records. ``known``: entries already
+    hashed while being written (keyed by relative path), taken as they are."""
     known = known or {}
     out = {}
     for p in _files_of(directory):
@@ -103,7 +126,7 @@ def hash_files(
         if name in known:
             out[name] = known[name]
         elif rank is None or owner_rank(name) == rank:
-            out[name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+            out[name] = {DIGEST: _file_digest(p), "bytes": p.stat().st_size}
     return out
 
 
@@ -111,13 +134,23 @@ def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def marker_bytes(fields: dict[str, Any], files: dict[str, dict[str, Any]]) -> bytes:
+    """The content of a `COMMITTED` marker: ``fields`` plus every file's hash and size."""
+    return json.dumps({**fields, "files": files}, indent=1, sort_keys=True).encode()
+
+
+def write_marker(directory: Path, marker: dict[str, Any]) -> None:
+    """Write ``marker`` (a whole one, as read from another copy of the step) as ``directory``'s."""
+    _write_atomically(directory / MARKER, json.dumps(marker, indent=1, sort_keys=True).encode())
+
+
 def seal(
     directory: Path, fields: dict[str, Any], files: dict[str, dict[str, Any]] | None = None
 ) -> None:
     """Write ``directory``'s marker: ``fields`` plus the hash of every file (``files`` when the
     ranks hashed them already, else hashed here)."""
-    marker = {**fields, "files": hash_files(directory) if files is None else files}
-    _write_atomically(directory / MARKER, json.dumps(marker, indent=1, sort_keys=True).encode())
+    marker = marker_bytes(fields, hash_files(directory) if files is None else files)
+    _write_atomically(directory / MARKER, marker)
 
 
 def commit(
@@ -165,8 +198,10 @@ def verify(directory: Path) -> list[str]:
             problems.append(f"{path}: missing")
         elif path.stat().st_size != expected["bytes"]:
             problems.append(f"{path}: {path.stat().st_size} bytes, expected {expected['bytes']}")
-        elif _sha256(path) != expected["sha256"]:
-            problems.append(f"{path}: sha256 does not match the one recorded at commit")
+        else:
+            algorithm, digest = _recorded_digest(expected)
+            if _file_digest(path, algorithm) != digest:
+                problems.append(f"{path}: {algorithm} does not match the one recorded at commit")
     return problems
 
 
@@ -177,7 +212,7 @@ def step_dirs(root: str | Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for child in root.iterdir():
-        match = _STEP_DIR.match(child.name)
+        match = STEP_NAME.match(child.name)
         if match and child.is_dir():
             found.append((int(match.group(1)), child))
     return sorted(found)
@@ -283,6 +318,12 @@ def timeline_steps(root: str | Path, timeline: str | None, upto: int) -> set[int
     return found
 
 
+def keep_aside(committed: bool, owned: bool) -> bool:
+    """Whether a step standing where a run saves is kept under another name (a committed step
+    the run does not own) rather than removed (an unfinished save, or the run's own step)."""
+    return committed and not owned
+
+
 def make_room(root: str | Path, step: int, own: Collection[int]) -> Path | None:
     """Clear the way for saving ``step`` (rank 0): a save that never committed is removed; a
     committed step this run does not own (another timeline's, or one that failed
@@ -291,7 +332,7 @@ def make_room(root: str | Path, step: int, own: Collection[int]) -> Path | None:
     directory = step_dir(root, step)
     if not directory.is_dir():
         return None
-    if not (directory / MARKER).is_file() or step in own:
+    if not keep_aside((directory / MARKER).is_file(), step in own):
         shutil.rmtree(directory, ignore_errors=True)
         return None
     aside = directory.with_name(f"{directory.name}.superseded")
@@ -303,20 +344,31 @@ def make_room(root: str | Path, step: int, own: Collection[int]) -> Path | None:
     return aside
 
 
+def steps_to_prune(
+    entries: Collection[int],
+    committed: Collection[int],
+    keep_last: int,
+    own: Collection[int] | None = None,
+) -> list[int]:
+    """The one pruning rule, for local and object-storage checkpoints alike: of the step
+    numbers ``entries`` (``committed``: those with a marker), remove the unfinished saves and
+    all but the newest ``keep_last`` of the run's own committed steps. ``own``: the steps the
+    run may remove (the timeline it resumed and the steps it wrote); a committed step outside
+    it is never touched. None: every committed step is the run's."""
+    done = sorted(committed)
+    mine = [step for step in done if own is None or step in own]
+    keep = set(mine[-keep_last:]) | {step for step in done if step not in mine}
+    return [step for step in sorted(entries) if step not in keep]
+
+
 def prune(root: str | Path, keep_last: int, own: Collection[int] | None = None) -> list[Path]:
-    """Remove unfinished saves and all but the newest ``keep_last`` of the run's own committed
-    steps (rank 0). ``own``: the steps the run may remove (the timeline it resumed and the steps
-    it wrote); a committed step outside it is never touched. None: every committed step is the
-    run's (a directory only this run writes to)."""
-    entries = step_dirs(root)
-    committed = [step for step, path in entries if (path / MARKER).is_file()]
-    mine = [step for step in committed if own is None or step in own]
-    keep = set(mine[-keep_last:]) | {step for step in committed if step not in mine}
+    """Remove what `steps_to_prune` says of ``root``'s step directories (rank 0)."""
+    entries = dict(step_dirs(root))
+    committed = [step for step, path in entries.items() if (path / MARKER).is_file()]
     removed = []
-    for step, path in entries:
-        if step not in keep:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
+    for step in steps_to_prune(entries, committed, keep_last, own):
+        shutil.rmtree(entries[step], ignore_errors=True)
+        removed.append(entries[step])
     return removed
 
 
@@ -395,6 +447,8 @@ def config_changes(
     refused: list[str] = []
     allowed: list[str] = []
     for key in sorted(set(before) | set(after)):
+        if ".storage_options" in key:
+            continue  # how storage is reached (often credentials): not recorded, not compared
         if before.get(key) != after.get(key):
             line = f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
             if at == "resume":

@@ -23,6 +23,7 @@ import torch
 
 from data_pipeline.configuration import ConfigError, load_config
 from pretrain.checkpoint import layout as ckpt
+from pretrain.checkpoint import remote
 from pretrain.config import ExperimentConfig
 from pretrain.model import LanguageModel, build_model
 from pretrain.model.build import DTYPES
@@ -60,9 +61,14 @@ class Checkpoint:
         return self.point.marker
 
 
-def locate(path: str | Path, step: int | None = None) -> ckpt.ResumePoint:
+def locate(
+    path: str | Path, step: int | None = None, storage_options: dict[str, Any] | None = None
+) -> ckpt.ResumePoint:
     """The committed, verified step for ``path``: a checkpoint root (``checkpoint.dir``, newest
-    verified step unless ``step``) or one ``step_NNNNNNN`` directory."""
+    verified step unless ``step``) or one ``step_NNNNNNN`` directory, local or an fsspec URL
+    (downloaded into the local cache, `pretrain.checkpoint.remote`)."""
+    if remote.is_url(path):
+        return _locate_remote(str(path), step, storage_options)
     root, as_step = ckpt.split_path(path)
     if as_step is not None:
         if step is not None and step != as_step:
@@ -90,15 +96,55 @@ def locate(path: str | Path, step: int | None = None) -> ckpt.ResumePoint:
     return point
 
 
+def _locate_remote(
+    url: str, step: int | None, storage_options: dict[str, Any] | None
+) -> ckpt.ResumePoint:
+    root, as_step = remote.split_url(url)
+    if as_step is not None:
+        if step is not None and step != as_step:
+            raise ckpt.CheckpointError(f"{url} is step {as_step}, but --step {step} was given")
+        step = as_step
+    store = remote.RemoteRoot(root, storage_options)
+    try:
+        steps = store.steps()
+    except Exception as err:  # any fsspec backend's failure to list means the same here
+        raise ckpt.CheckpointError(
+            f"cannot list {root} ({type(err).__name__}: {err}); check the URL and --storage-options"
+        ) from None
+    if not steps:
+        raise ckpt.CheckpointError(f"{root} holds no step_NNNNNNN checkpoints")
+    if step is not None:
+        point = store.find_resume_point(step=step)
+        assert point is not None  # an explicit step raises instead of returning None
+        return point
+    problems: list[str] = []
+    failed: dict[int, list[str]] = {}
+    point = store.find_resume_point(report=problems.append, failed=failed)
+    if point is None:
+        if failed:
+            raise ckpt.unusable_steps_error(root, failed)
+        raise ckpt.CheckpointError(
+            f"{root} has no usable checkpoint: only uncommitted saves "
+            f"({', '.join(ckpt.step_dir('', s).name for s in steps)}), which did not finish"
+        )
+    for line in problems:
+        logger.warning("%s", line)
+    return point
+
+
 def open_checkpoint(
-    path: str | Path, step: int | None = None, overrides: list[str] | tuple[str, ...] = ()
+    path: str | Path,
+    step: int | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    storage_options: dict[str, Any] | None = None,
 ) -> Checkpoint:
     """Locate and verify the step, and read its config with ``overrides`` applied.
 
     Overrides may change anything that does not change the weights' shapes (data, segment length,
     batch size, precision, tracking, ``model.mem_len``); other ``model.*`` keys are refused.
+    ``storage_options``: fsspec options for a ``path`` on object storage.
     """
-    point = locate(path, step)
+    point = locate(path, step, storage_options)
     config_path = point.directory / ckpt.CONFIG_FILE
     try:
         saved = load_config(ExperimentConfig, config_path)

@@ -14,9 +14,11 @@ timeline where this run saves is moved aside, not deleted (`layout.make_room`).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from torch import Tensor
 
 from data_pipeline.configuration import ConfigError, load_config, save_config
 from pretrain.checkpoint import layout as ckpt
-from pretrain.checkpoint import universal
+from pretrain.checkpoint import remote, universal
 from pretrain.config import ExperimentConfig
 from pretrain.distributed import engine as eng
 from pretrain.faults import Faults
@@ -63,24 +65,57 @@ class Timeline:
     own: set[int] = field(default_factory=set)
 
 
+def remote_root(config: ExperimentConfig) -> remote.RemoteRoot | None:
+    """The object-storage root of ``checkpoint.dir`` (None: a local directory)."""
+    cfg = config.checkpoint
+    if not remote.is_url(cfg.dir):
+        return None
+    return remote.RemoteRoot(cfg.dir, cfg.storage_options, cfg.local_dir)
+
+
+def _local_root(config: ExperimentConfig) -> Path:
+    """Where this node writes a save: ``checkpoint.dir`` itself, or the staging directory of a
+    URL ``checkpoint.dir``."""
+    store = remote_root(config)
+    return Path(config.checkpoint.dir) if store is None else store.local
+
+
 def start_timeline(config: ExperimentConfig, point: ckpt.ResumePoint | None) -> Timeline:
-    """The timeline of a run that resumes ``point`` (None: a fresh start)."""
-    root = Path(config.checkpoint.dir)
+    """The timeline of a run that resumes ``point`` (None: a fresh start). Rank 0's: the
+    listing of an object store is not repeated by every rank."""
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return Timeline()  # unused: only rank 0 commits and prunes
+    store = remote_root(config)
+    root = _local_root(config)
     if point is None:
-        committed = ckpt.committed_steps(root)
-        if committed and dist.get_rank() == 0:
+        committed = ckpt.committed_steps(root) if store is None else store.committed_steps()
+        if committed:
             logger.warning(
                 "train.resume=never: starting afresh in %s, which holds committed steps (%s) of "
                 "an earlier run; this run never prunes them, and one it reaches by step number "
                 "is moved aside as step_NNNNNNN.superseded",
-                root,
+                config.checkpoint.dir,
                 ", ".join(str(s) for s in committed),
             )
         return Timeline()
     recorded = point.marker.get("timeline")
     same_dir = point.directory.parent.resolve() == root.resolve()
-    own = ckpt.timeline_steps(root, recorded, point.step) if same_dir else set()
+    if not same_dir:
+        own: set[int] = set()
+    elif store is None:
+        own = ckpt.timeline_steps(root, recorded, point.step)
+    else:
+        own = store.timeline_steps(recorded, point.step)
     return Timeline(id=str(recorded) if recorded else uuid.uuid4().hex, own=own)
+
+
+def _shareable(config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` without its fsspec options: they say how to reach storage (often with
+    credentials), not what the run is, and a checkpoint may be copied or shared."""
+    clean = copy.deepcopy(config)
+    clean.checkpoint.storage_options = {}
+    clean.data.storage_options = {}
+    return clean
 
 
 def save(
@@ -92,57 +127,121 @@ def save(
     extra: dict[str, Any],
     timeline: Timeline,
 ) -> Path:
-    root = Path(config.checkpoint.dir)
+    store = remote_root(config)
+    root = _local_root(config)
     directory = ckpt.step_dir(root, state.step)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     if rank == 0:
-        ckpt.remove_unfinished(root)  # an earlier crash's partial save, never committed
-        # A committed step of the same number that is not this run's (another timeline's, or
-        # one that failed verification and was skipped at resume) is kept under another name.
-        moved = ckpt.make_room(root, state.step, timeline.own)
-        if moved is not None:
-            logger.warning(
-                "checkpoint step %d in %s was not written by this run: moved aside to %s "
-                "(not deleted; remove it once it is not needed)",
-                state.step,
-                root,
-                moved.name,
-            )
+        _make_room(config, store, state.step, timeline)
+    if store is not None and _local_rank() == 0:
+        shutil.rmtree(directory, ignore_errors=True)  # this node's leftover of a killed save
         root.mkdir(parents=True, exist_ok=True)
     dist.barrier()
-    written = eng.save_checkpoint(engine.model, str(root), directory.name)
+    written = eng.save_checkpoint(
+        engine.model, str(root), directory.name, (ckpt.DIGEST, ckpt.new_digest)
+    )
     faults.die_in_save(state.step, rank)
     ckpt.save_trainer_state(ckpt.trainer_state_path(directory, rank), state.to_dict())
     if rank == 0:
-        save_config(config, directory / ckpt.CONFIG_FILE)
+        save_config(_shareable(config), directory / ckpt.CONFIG_FILE)
         (directory / ckpt.DS_CONFIG_FILE).write_text(json.dumps(engine.ds_config, indent=1))
     # Each rank hashes the files it wrote, all at once: DeepSpeed's shards as they were written,
     # its small files after; rank 0 no longer reads everyone's after a barrier. Gathering the
     # digests is also the point where every rank's files are known to be complete, before the
     # step is sealed.
     known = {str(Path(path).relative_to(directory)): entry for path, entry in written.items()}
+    mine = ckpt.hash_files(directory, rank=rank, known=known)
     digests: list[dict[str, Any] | None] = [None] * world_size
-    dist.all_gather_object(digests, ckpt.hash_files(directory, rank=rank, known=known))
+    dist.all_gather_object(digests, mine)
+    if store is not None:
+        _upload(store, directory, mine, faults=faults, step=state.step)
     if rank == 0:
         files = {name: entry for part in digests for name, entry in (part or {}).items()}
-        ckpt.commit(
-            directory,
-            step=state.step,
-            world_size=world_size,
-            extra={**extra, "timeline": timeline.id},
-            files=files,
-        )
+        extra = {**extra, "timeline": timeline.id}
+        fields = {"step": state.step, "world_size": world_size, **extra}
         timeline.own.add(state.step)
-        ckpt.prune(root, config.checkpoint.keep_last, timeline.own)
-        timeline.own.intersection_update(ckpt.committed_steps(root))
+        if store is None:
+            ckpt.commit(directory, step=state.step, world_size=world_size, extra=extra, files=files)
+            ckpt.prune(root, config.checkpoint.keep_last, timeline.own)
+            timeline.own.intersection_update(ckpt.committed_steps(root))
+        else:
+            store.commit(state.step, ckpt.marker_bytes(fields, files))
+            # The staging copy becomes the local cache of the step: sealed like the remote one,
+            # and the only step kept on local disk.
+            ckpt.seal(directory, fields, files)
+            ckpt.prune(root, 1)
+            store.prune(config.checkpoint.keep_last, timeline.own)
+            timeline.own.intersection_update(store.committed_steps())
     dist.barrier()
     return directory
 
 
-def _check_writable(directory: str) -> None:
-    """checkpoint.dir is a directory this process can create and write (checked before the
-    engine is built, not at the first save, after the first steps' work)."""
-    root = Path(directory)
+def _make_room(
+    config: ExperimentConfig, store: remote.RemoteRoot | None, step: int, timeline: Timeline
+) -> None:
+    """Rank 0, before a save: remove unfinished saves, and move aside a committed step of the
+    same number that is not this run's (another timeline's, or one that failed verification
+    and was skipped at resume): it is kept under another name, never deleted."""
+    if store is None:
+        root = Path(config.checkpoint.dir)
+        ckpt.remove_unfinished(root)  # an earlier crash's partial save, never committed
+        moved = ckpt.make_room(root, step, timeline.own)
+        root.mkdir(parents=True, exist_ok=True)
+        aside = None if moved is None else moved.name
+    else:
+        store.remove_unfinished()  # an earlier crash's partial upload, never committed
+        aside = store.make_room(step, timeline.own)
+    if aside is not None:
+        logger.warning(
+            "checkpoint step %d in %s was not written by this run: moved aside to %s "
+            "(not deleted; remove it once it is not needed)",
+            step,
+            config.checkpoint.dir,
+            aside,
+        )
+
+
+def _upload(
+    store: remote.RemoteRoot,
+    directory: Path,
+    mine: dict[str, Any],
+    *,
+    faults: Faults,
+    step: int,
+) -> None:
+    """Every rank uploads the files it wrote; the step may be committed only once every rank
+    has confirmed, so a failure anywhere stops every rank with the same error, the step
+    uncommitted and the previous one still the resume point."""
+    rank = dist.get_rank()
+    error = None
+    try:
+        store.upload(directory, mine, faults=faults, step=step, rank=rank)
+    except Exception as err:  # any fsspec backend's failure: reported, then raised everywhere
+        error = f"{type(err).__name__}: {err}"
+    outcomes: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(outcomes, error)
+    failed = [(r, e) for r, e in enumerate(outcomes) if e]
+    if failed:
+        r, e = failed[0]
+        raise ckpt.CheckpointError(
+            f"checkpoint step {step} was not committed: the upload to {store.url} failed on "
+            f"rank {r} ({e}){f' and {len(failed) - 1} more ranks' if len(failed) > 1 else ''}; "
+            "the previous committed step stays the resume point"
+        )
+
+
+def _local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+
+
+def _check_writable(config: ExperimentConfig) -> None:
+    """checkpoint.dir is a directory (or object-storage root) this process can write (checked
+    before the engine is built, not at the first save, after the first steps' work)."""
+    store = remote_root(config)
+    if store is not None:
+        store.check_writable()
+        return
+    root = Path(config.checkpoint.dir)
     if root.exists() and not root.is_dir():
         raise ckpt.CheckpointError(f"checkpoint.dir {root} is a file, not a directory")
     try:
@@ -154,13 +253,17 @@ def _check_writable(directory: str) -> None:
 
 
 def _pick_resume_point(config: ExperimentConfig) -> ckpt.ResumePoint | None:
-    _check_writable(config.checkpoint.dir)
+    _check_writable(config)
     resume = config.train.resume
     if resume == "auto":
         root = config.checkpoint.dir
+        store = remote_root(config)
         reports: list[str] = []
         failed: dict[int, list[str]] = {}
-        point = ckpt.find_resume_point(root, report=reports.append, failed=failed)
+        if store is None:
+            point = ckpt.find_resume_point(root, report=reports.append, failed=failed)
+        else:
+            point = store.find_resume_point(report=reports.append, failed=failed)
         if point is None and failed:
             # Starting afresh would train over, then prune, steps that may still be recovered.
             err = ckpt.unusable_steps_error(root, failed)
@@ -171,6 +274,16 @@ def _pick_resume_point(config: ExperimentConfig) -> ckpt.ResumePoint | None:
         for line in reports:
             logger.warning("%s", line)
         return point
+    if remote.is_url(resume):
+        url, step = remote.split_url(resume)
+        if step is None:
+            raise ckpt.CheckpointError(
+                f"train.resume={resume} is not a checkpoint step (<checkpoint dir>/step_NNNNNNN)"
+            )
+        cfg = config.checkpoint
+        return remote.RemoteRoot(url, cfg.storage_options, cfg.local_dir).find_resume_point(
+            step=step
+        )
     step_root, step = ckpt.split_path(resume)
     if step is None:
         raise ckpt.CheckpointError(
@@ -181,12 +294,13 @@ def _pick_resume_point(config: ExperimentConfig) -> ckpt.ResumePoint | None:
 
 def choose_resume_point(config: ExperimentConfig) -> ckpt.ResumePoint | None:
     """Rank 0 picks (and verifies) the step; every rank gets the same answer, or the same
-    `CheckpointError` (so no rank waits for one that has stopped)."""
+    `CheckpointError` (so no rank waits for one that has stopped). From object storage, the
+    first rank of every other node then downloads and verifies the same step."""
     choice: list[Any] = [None]
     if dist.get_rank() == 0:
         try:
             if config.train.resume == "never":
-                _check_writable(config.checkpoint.dir)
+                _check_writable(config)
                 point = None
             else:
                 point = _pick_resume_point(config)
@@ -200,7 +314,31 @@ def choose_resume_point(config: ExperimentConfig) -> ckpt.ResumePoint | None:
     if choice[0][0] == "error":
         raise ckpt.CheckpointError(choice[0][1])
     step, directory, marker = choice[0]
-    return ckpt.ResumePoint(step, Path(directory), marker)
+    point = ckpt.ResumePoint(step, Path(directory), marker)
+    if remote.is_url(config.checkpoint.dir) or remote.is_url(config.train.resume):
+        _fetch_on_every_node(config, point)
+    return point
+
+
+def _fetch_on_every_node(config: ExperimentConfig, point: ckpt.ResumePoint) -> None:
+    """Make ``point`` (a step rank 0 downloaded) present on every node: the first rank of each
+    other node downloads and verifies it too; any failure stops every rank."""
+    problem = None
+    missing = not (point.directory / ckpt.MARKER).is_file()
+    if dist.get_rank() != 0 and _local_rank() == 0 and missing:
+        resume = config.train.resume
+        url = config.checkpoint.dir if not remote.is_url(resume) else remote.split_url(resume)[0]
+        cfg = config.checkpoint
+        store = remote.RemoteRoot(url, cfg.storage_options, cfg.local_dir)
+        try:
+            store.find_resume_point(step=point.step)
+        except ckpt.CheckpointError as err:
+            problem = f"rank {dist.get_rank()}: {err}"
+    problems: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(problems, problem)
+    found = [p for p in problems if p]
+    if found:
+        raise ckpt.CheckpointError(f"cannot download step {point.step}: {found[0]}")
 
 
 def check_compatible(point: ckpt.ResumePoint, config: ExperimentConfig) -> list[str]:

@@ -30,10 +30,10 @@ def data_manifest_url(data: DataConfig) -> str:
     return data.mixture[0].manifest if data.mixture else data.manifest
 
 
-def training_manifest(manifest_url: str) -> Manifest:
+def training_manifest(manifest_url: str, storage_options: dict[str, Any] | None = None) -> Manifest:
     if not manifest_url:
         raise ManifestError("the checkpoint's config names no data.manifest")
-    return load_manifest(manifest_url)
+    return load_manifest(manifest_url, storage_options)
 
 
 def _candidates(recorded: str, manifest_url: str) -> list[str]:
@@ -47,10 +47,12 @@ def _candidates(recorded: str, manifest_url: str) -> list[str]:
     return found
 
 
-def load_checked(path: str, expected_hash: str | None) -> Tokenizer:
+def load_checked(
+    path: str, expected_hash: str | None, storage_options: dict[str, Any] | None = None
+) -> Tokenizer:
     """Load the artifact at ``path``; if ``expected_hash`` is given, it must match."""
     try:
-        tokenizer = Tokenizer.load(path)
+        tokenizer = Tokenizer.load(path, storage_options)
     except (FileNotFoundError, ValueError) as err:
         raise TokenizerMismatchError(f"cannot load the tokenizer at {path}: {err}") from None
     if expected_hash and tokenizer.hash != expected_hash:
@@ -62,8 +64,11 @@ def load_checked(path: str, expected_hash: str | None) -> Tokenizer:
     return tokenizer
 
 
-def manifest_tokenizer(manifest: Manifest, override: str | None = None) -> Tokenizer:
-    """The tokenizer artifact ``manifest`` was tokenized with (or ``override``), hash-checked."""
+def manifest_tokenizer(
+    manifest: Manifest, override: str | None = None, storage_options: dict[str, Any] | None = None
+) -> Tokenizer:
+    """The tokenizer artifact ``manifest`` was tokenized with (or ``override``), hash-checked.
+    ``storage_options``: fsspec options for a tokenizer on object storage (data.storage_options)."""
     expected = manifest.tokenizer_hash or None
     if override is not None:
         return load_checked(override, expected)
@@ -73,7 +78,7 @@ def manifest_tokenizer(manifest: Manifest, override: str | None = None) -> Token
     tried = _candidates(recorded, manifest.url)
     for path in tried:
         if "://" in path or Path(path).is_dir():
-            return load_checked(path, expected)
+            return load_checked(path, expected, storage_options)
     raise TokenizerMismatchError(
         f"the tokenizer artifact named by {manifest.url} was not found (tried "
         f"{', '.join(tried)}); pass --tokenizer PATH"
@@ -99,7 +104,7 @@ def model_tokenizer_hash(checkpoint: Any) -> str | None:
         return str(recorded)
     try:
         url = data_manifest_url(checkpoint.saved_config.data)
-        return training_manifest(url).tokenizer_hash or None
+        return training_manifest(url, checkpoint.config.data.storage_options).tokenizer_hash or None
     except ManifestError:
         logger.warning(
             "the training manifest %s is not readable here; the data's tokenizer cannot be "

@@ -3,7 +3,7 @@
 ```
 <dir>/step_0000100/                     the step as its run wrote it (sealed by COMMITTED)
 <dir>/step_0000100/universal/           DeepSpeed's universal checkpoint of it (zero/<param>/...)
-<dir>/step_0000100/universal/COMMITTED  source step, its world size, sha256 of every file
+<dir>/step_0000100/universal/COMMITTED  source step, its world size, digest of every file
 ```
 
 ZeRO partitions the fp32 weights and Adam moments by data-parallel rank, so a step written by 2

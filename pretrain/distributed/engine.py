@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import hashlib
 import io
 import logging
 import os
@@ -303,17 +302,31 @@ def build(
         betas=config.train.betas,
         eps=config.train.eps,
     )
+    # DeepSpeed saves this attribute of the model with every checkpoint, and its universal
+    # converter (resume at another world size) refuses a ZeRO 1/2 checkpoint without it. Pure
+    # data parallelism has no tensor-parallel merge patterns to declare: the version alone.
+    from deepspeed.checkpoint.constants import (
+        UNIVERSAL_CHECKPOINT_INFO,
+        UNIVERSAL_CHECKPOINT_VERSION_KEY,
+        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+    )
+
+    setattr(
+        model,
+        UNIVERSAL_CHECKPOINT_INFO,
+        {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE},
+    )
     engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config)
     return Engine(engine, optimizer, ds_config)
 
 
 class _HashingFile(io.RawIOBase):
-    """A file opened for writing that hashes what goes through it, so that a checkpoint's
-    sha256 costs no second read of the file."""
+    """A file opened for writing that hashes what goes through it (``digest``: a hashlib-like
+    object), so that a checkpoint's digests cost no second read of the file."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, digest: Any) -> None:
         self._file = open(path, "wb")  # noqa: SIM115 (closed by close())
-        self.sha256 = hashlib.sha256()
+        self.digest = digest
         self.size = 0
 
     def writable(self) -> bool:
@@ -321,7 +334,7 @@ class _HashingFile(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         view = memoryview(data).cast("B")
-        self.sha256.update(view)
+        self.digest.update(view)
         self.size += view.nbytes
         return self._file.write(view)
 
@@ -331,18 +344,22 @@ class _HashingFile(io.RawIOBase):
         super().close()
 
 
-def save_checkpoint(engine: Any, root: str, tag: str) -> dict[str, dict[str, Any]]:
+def save_checkpoint(
+    engine: Any, root: str, tag: str, digest: tuple[str, Callable[[], Any]]
+) -> dict[str, dict[str, Any]]:
     """DeepSpeed's shards (ZeRO partitions of weights and optimizer) under ``root/tag``; returns
-    the sha256 and size of every file this rank wrote, keyed by path, hashed as they were
-    written (DeepSpeed's checkpoint engine writes through `_HashingFile` for this call)."""
+    the digest (``digest``: its name and a factory of hashlib-like objects) and size of every
+    file this rank wrote, keyed by path, hashed as they were written (DeepSpeed's checkpoint
+    engine writes through `_HashingFile` for this call)."""
+    digest_name, new_digest = digest
     checkpoint_engine = engine.checkpoint_engine
     written: dict[str, dict[str, Any]] = {}
     zipfile = bool(getattr(checkpoint_engine, "zipfile_serialization", True))
 
     def save(state_dict: Any, path: str) -> None:
-        with _HashingFile(path) as handle:
+        with _HashingFile(path, new_digest()) as handle:
             torch.save(state_dict, cast(IO[bytes], handle), _use_new_zipfile_serialization=zipfile)
-        written[str(path)] = {"sha256": handle.sha256.hexdigest(), "bytes": handle.size}
+        written[str(path)] = {digest_name: handle.digest.hexdigest(), "bytes": handle.size}
 
     plain = type(checkpoint_engine).__name__ == "TorchCheckpointEngine"
     if plain:  # other engines (async, NVMe) write their own way; those are hashed afterwards
@@ -383,8 +400,17 @@ def convert_to_universal(step: Path, out: Path) -> None:
         inject_missing_state=False,
     )
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-        ds_to_universal.main(args)
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            ds_to_universal.main(args)
+    except AssertionError as err:
+        if "universal_checkpoint_info" not in str(err):
+            raise
+        raise RuntimeError(
+            f"{step} was saved without DeepSpeed's universal_checkpoint_info (a ZeRO 1/2 step "
+            "written before mnemos declared it), so DeepSpeed cannot convert it for another "
+            "world size: resume it at the world size it was saved with, then save again"
+        ) from None
     for line in printed.getvalue().splitlines():
         logger.debug("%s", line)
     # The converter points a `latest_universal` file beside its output; nothing here reads it.

@@ -96,7 +96,7 @@ def run_evaluation(
     )
     expected_hash = model_tokenizer_hash(checkpoint) if data else None
     for manifest_url, _ in sources.values():
-        data_manifest = load_manifest(manifest_url)
+        data_manifest = load_manifest(manifest_url, config.data.storage_options)
         check_same_tokenizer(data_manifest, expected_hash, f"the model of {checkpoint.directory}")
     settings = EvalSettings(
         split=config.data.validation_split,
@@ -234,7 +234,7 @@ def _log(checkpoint: Checkpoint, report: dict[str, Any]) -> str | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    checkpoint = open_checkpoint(args.checkpoint, args.step, _overrides(args))
+    checkpoint = open_checkpoint(args.checkpoint, args.step, _overrides(args), args.storage_options)
     report = run_evaluation(
         checkpoint, data=args.data, streams=args.streams, sweep=args.mem_len_sweep
     )

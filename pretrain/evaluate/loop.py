@@ -66,6 +66,7 @@ def validation_loader(
         data_config=replace(config.data, validation_split=settings.split),
         expected_tokenizer_hash=expected_tokenizer_hash,
         expected_vocab_size=config.model.vocab_size,
+        storage_options=config.data.storage_options,
     )
 
 

@@ -74,8 +74,9 @@ def export(
     """Write ``checkpoint`` under ``out``; returns what export.json records."""
     config = checkpoint.config
     check_output(Path(out))
-    manifest = training_manifest(data_manifest_url(checkpoint.saved_config.data))
-    tokenizer = manifest_tokenizer(manifest, tokenizer_path)
+    options = checkpoint.config.data.storage_options  # given again: never saved with a step
+    manifest = training_manifest(data_manifest_url(checkpoint.saved_config.data), options)
+    tokenizer = manifest_tokenizer(manifest, tokenizer_path, options)
     # Consolidation reads every rank's ZeRO shards and is the slow part of a large export: say
     # what is happening and how long it took (one call, so there is no finer progress to show).
     started = time.monotonic()
@@ -118,7 +119,9 @@ def export(
 
 
 def main(args: argparse.Namespace) -> int:
-    checkpoint = open_checkpoint(args.checkpoint, args.step, list(args.overrides))
+    checkpoint = open_checkpoint(
+        args.checkpoint, args.step, list(args.overrides), args.storage_options
+    )
     record = export(
         checkpoint,
         args.out,

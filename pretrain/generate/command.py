@@ -49,8 +49,10 @@ def load_generator(
     step: int | None = None,
     precision: str = "fp32",
     tokenizer_path: str | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Generator:
-    """An export directory (no DeepSpeed needed) or a checkpoint (consolidated here)."""
+    """An export directory (no DeepSpeed needed) or a checkpoint (consolidated here; local or
+    a URL, reached with ``storage_options``)."""
     if is_export(source):
         pretrained = load_pretrained(source, dtype=DTYPES[precision])
         tokenizer = pretrained.tokenizer
@@ -68,9 +70,10 @@ def load_generator(
         training_manifest,
     )
 
-    checkpoint = open_checkpoint(source, step)
-    manifest = training_manifest(data_manifest_url(checkpoint.config.data))
-    tokenizer = manifest_tokenizer(manifest, tokenizer_path)
+    checkpoint = open_checkpoint(source, step, storage_options=storage_options)
+    options = checkpoint.config.data.storage_options
+    manifest = training_manifest(data_manifest_url(checkpoint.config.data), options)
+    tokenizer = manifest_tokenizer(manifest, tokenizer_path, options)
     return Generator(load_model(checkpoint, precision), tokenizer)
 
 
@@ -194,7 +197,11 @@ def _quiet_stdout() -> None:
 
 def main(args: argparse.Namespace) -> int:
     generator = load_generator(
-        args.source, step=args.step, precision=args.precision, tokenizer_path=args.tokenizer
+        args.source,
+        step=args.step,
+        precision=args.precision,
+        tokenizer_path=args.tokenizer,
+        storage_options=args.storage_options,
     )
     tokenizer = generator.tokenizer
     sampling = SamplingConfig(

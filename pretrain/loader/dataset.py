@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pretrain.config import DataConfig
+from pretrain.faults import Faults
 from pretrain.loader.collate import Collator, Objective, make_collator
 from pretrain.loader.manifest import Manifest, SplitInfo, check_compatible, load_manifest
 from pretrain.loader.shards import BadShardStats, Sample, iter_shard
@@ -21,6 +22,7 @@ class SplitSource:
     data_config: DataConfig
     storage_options: dict[str, Any] = field(default_factory=dict)
     bad_shards: BadShardStats = field(default_factory=BadShardStats)
+    faults: Faults = field(default_factory=Faults.from_env)  # tests' read errors (faults.py)
 
     @classmethod
     def open(
@@ -53,6 +55,8 @@ class SplitSource:
             stats=self.bad_shards,
             storage_options=self.storage_options,
             vocab_size=self.manifest.vocab_size,
+            read_retries=self.data_config.read_retries,
+            faults=self.faults,
         )
 
     def collator(self, objective: Objective) -> Collator:

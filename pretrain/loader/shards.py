@@ -29,8 +29,10 @@ only its own samples) and does. See docs/loader.md.
 from __future__ import annotations
 
 import hashlib
+import logging
 import tarfile
 import threading
+import time
 import warnings
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
@@ -41,7 +43,14 @@ import numpy as np
 from webdataset.tariterators import tar_file_iterator
 
 from data_pipeline.sample_format import SampleFormatError, decode_sample
+from pretrain.faults import Faults
 from pretrain.loader.manifest import ShardInfo
+
+logger = logging.getLogger(__name__)
+
+# The first retry of a failed read waits this long, each next one twice as long, up to the cap.
+_RETRY_DELAY_S = 0.5
+_MAX_RETRY_DELAY_S = 8.0
 
 OnBadShard = Literal["fail", "skip"]
 
@@ -94,6 +103,29 @@ class _HashingReader:
         """Hash whatever the tar reader left unread (end-of-archive blocks, padding)."""
         while self.read(block):
             pass
+
+
+class _TransientReadError(OSError):
+    """A read of the shard's file failed with an I/O error: worth opening it again."""
+
+
+class _ReadErrors:
+    """Marks the I/O errors of the file's own reads (as opposed to what the tar reader or the
+    decoder find in the bytes), the ones `iter_shard` retries."""
+
+    def __init__(self, raw: Any, faults: Faults) -> None:
+        self._raw = raw
+        self._faults = faults
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            self._faults.fail_read()
+            data: bytes = self._raw.read(n)
+        except (FileNotFoundError, PermissionError, IsADirectoryError):
+            raise  # the shard is gone or closed to us: opening it again changes nothing
+        except OSError as err:
+            raise _TransientReadError(str(err)) from err
+        return data
 
 
 class _HashMismatchError(ValueError):
@@ -192,6 +224,8 @@ def iter_shard(
     stats: BadShardStats,
     storage_options: dict[str, Any] | None = None,
     vocab_size: int | None = None,
+    read_retries: int = 3,
+    faults: Faults | None = None,
 ) -> Generator[Sample, None, None]:
     """Yield the valid samples of ``shard`` from sample ``start`` on (``Sample.index`` set).
 
@@ -199,29 +233,65 @@ def iter_shard(
     token ids against ``vocab_size`` (when given). Once the last sample is read, the file's
     sha256 is checked against the manifest's (when it has one); that check only happens if the
     caller reads the generator to its end.
+
+    A read that fails with an I/O error (a dropped connection to object storage) is retried up
+    to ``read_retries`` times in a row: the shard is opened again and read past the samples
+    already yielded, so none is lost or repeated; each retry is logged. Past that, the shard is
+    bad (``on_bad_shard``), and the error says how often it failed and where.
     """
     good = 0
+    failures = 0  # read errors in a row, since the last sample yielded
+    resume_at = start
     try:
-        with fsspec.open(shard.url, "rb", **(storage_options or {})) as f:
-            _check_size(shard, f, storage_options)
-            reader = _HashingReader(f, shard.url)
-            for index, (key, members) in enumerate(_grouped(reader)):
-                if index >= shard.samples:
-                    raise _BadSampleError(f"more samples than the manifest's {shard.samples}")
-                if index < start:
-                    good += 1  # counted but not decoded: resuming mid-shard stays cheap
-                    continue
-                sample = _decode(
-                    key, members, dtype=dtype, chunk_len=chunk_len, vocab_size=vocab_size
+        while True:
+            good = 0
+            try:
+                with fsspec.open(shard.url, "rb", **(storage_options or {})) as f:
+                    _check_size(shard, f, storage_options)
+                    reader = _HashingReader(_ReadErrors(f, faults or Faults()), shard.url)
+                    for index, (key, members) in enumerate(_grouped(reader)):
+                        if index >= shard.samples:
+                            raise _BadSampleError(
+                                f"more samples than the manifest's {shard.samples}"
+                            )
+                        if index < resume_at:
+                            good += 1  # counted but not decoded: resuming mid-shard stays cheap
+                            continue
+                        sample = _decode(
+                            key, members, dtype=dtype, chunk_len=chunk_len, vocab_size=vocab_size
+                        )
+                        good += 1
+                        yield Sample(index, sample.tokens, sample.doc_starts, sample.utf8_bytes)
+                        resume_at, failures = index + 1, 0
+                    if good != shard.samples:
+                        raise _BadSampleError(
+                            f"{good} samples, the manifest says {shard.samples} (truncated?)"
+                        )
+                    reader.drain()
+                    _check_digest(shard, reader)
+                    return
+            except _TransientReadError as exc:
+                failures += 1
+                cause = exc.__cause__ or exc
+                if failures > read_retries:
+                    raise _BadSampleError(
+                        f"reading failed {failures} times in a row at sample {resume_at} "
+                        f"(data.read_retries={read_retries}), the last with "
+                        f"{type(cause).__name__}: {cause}"
+                    ) from exc
+                delay = min(_RETRY_DELAY_S * 2 ** (failures - 1), _MAX_RETRY_DELAY_S)
+                logger.warning(
+                    "reading shard %s failed (%s: %s); retry %d of %d in %.1f s, resuming at "
+                    "sample %d",
+                    shard.url,
+                    type(cause).__name__,
+                    cause,
+                    failures,
+                    read_retries,
+                    delay,
+                    resume_at,
                 )
-                good += 1
-                yield Sample(index, sample.tokens, sample.doc_starts, sample.utf8_bytes)
-            if good != shard.samples:
-                raise _BadSampleError(
-                    f"{good} samples, the manifest says {shard.samples} (truncated?)"
-                )
-            reader.drain()
-            _check_digest(shard, reader)
+                time.sleep(delay)
     except _HashMismatchError as exc:
         if on_bad_shard == "fail":
             raise ShardError(f"bad shard {shard.url}: {exc}") from exc

@@ -106,6 +106,7 @@ class Trainer:
             "seed": cfg.data.seed,
             "data_config": cfg.data,
             "expected_vocab_size": cfg.model.vocab_size,
+            "storage_options": cfg.data.storage_options,  # shards on S3 etc. (credentials)
         }
         train_args: dict[str, Any] = {
             **loader_args,

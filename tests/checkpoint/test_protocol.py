@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def test_flipped_byte_is_reported_and_previous_step_used(tmp_path: Path) -> None
     point = ckpt.find_resume_point(tmp_path, report=reports.append)
     assert point is not None and point.step == 100
     assert len(reports) == 1
-    assert "step 200" in reports[0] and "shards/model.pt" in reports[0] and "sha256" in reports[0]
+    assert "step 200" in reports[0] and "shards/model.pt" in reports[0] and "xxh3_128" in reports[0]
 
 
 def test_missing_and_truncated_files_are_named(tmp_path: Path) -> None:
@@ -234,3 +235,26 @@ def test_a_resumed_run_owns_only_its_timeline_up_to_the_step_it_resumed(tmp_path
     assert point is not None
     timeline = start_timeline(config, point)
     assert timeline.own == {2, 4} and len(timeline.id) == 32
+
+
+def test_markers_written_with_sha256_still_verify(tmp_path: Path) -> None:
+    """Steps committed before the digest became xxh3-128 record sha256; they stay resumable, and
+    a changed byte in one is still caught."""
+    directory = write_step(tmp_path, 4, commit=False)
+    files = {
+        str(p.relative_to(directory)): {
+            "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+            "bytes": p.stat().st_size,
+        }
+        for p in directory.rglob("*")
+        if p.is_file()
+    }
+    ckpt.commit(directory, step=4, world_size=2, files=files)
+    assert ckpt.verify(directory) == []
+    new = ckpt.hash_files(directory)
+    assert all(set(entry) == {ckpt.DIGEST, "bytes"} for entry in new.values())
+    model = directory / "shards" / "model.pt"
+    data = bytearray(model.read_bytes())
+    data[7] ^= 1
+    model.write_bytes(bytes(data))
+    assert ckpt.verify(directory) == [f"{model}: sha256 does not match the one recorded at commit"]

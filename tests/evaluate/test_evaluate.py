@@ -149,7 +149,7 @@ def test_clear_errors(
     shard = next(corrupt.glob("*optim_states.pt"))
     shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
     err = _error([*base, str(corrupt.parent), "--step", str(XL_HALF)], capsys)
-    assert "corrupt" in err and "sha256 does not match" in err
+    assert "corrupt" in err and "xxh3_128 does not match" in err
 
     err = _error([*base, str(xl_run.checkpoints), "model.n_layers=3"], capsys)
     assert "change the architecture" in err and "model.n_layers: 2 -> 3" in err

@@ -47,6 +47,11 @@ def resumed_state(config_path: str, overrides: list[str]) -> dict[str, object]:
     try:
         trainer.resume()
         tensors: dict[str, torch.Tensor] = {}
+        # ZeRO 1/2 link each parameter to its slice of the Adam moments at the first step; a
+        # freshly loaded optimizer has not stepped yet, so link them here (DeepSpeed's own call).
+        link = getattr(trainer.engine.model.optimizer, "_lazy_init_hp_params_optimizer_state", None)
+        if link is not None:
+            link()
         for name, param in trainer.engine.model.module.named_parameters():
             tensors[f"{name}/fp32"] = safe_get_full_fp32_param(param).clone()
             for key in ("exp_avg", "exp_avg_sq"):

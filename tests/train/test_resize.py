@@ -219,3 +219,20 @@ def test_other_families_resume_at_another_size(
     assert ckpt.committed_steps(tmp_path / "checkpoints")[-1] == 4
     assert ckpt.verify(universal.universal_dir(ckpt.step_dir(tmp_path / "checkpoints", 3))) == []
     assert all(math.isfinite(loss) for loss in losses(tmp_path).values())
+
+
+def test_zero_stage_2_resumes_at_another_size_exactly(char_manifest: Path, tmp_path: Path) -> None:
+    """ZeRO stage 2 partitions the fp32 weights and Adam moments by rank as stage 3 does, in
+    another checkpoint format, and resumes at another size through the same universal
+    conversion: weights, moments and the data order come back exactly."""
+    config = _config(tmp_path, char_manifest)
+    stage = "engine.zero_stage=2"
+    _train(tmp_path, config, 2, *TWO_RANKS, stage, "train.max_steps=4")
+    step4 = ckpt.step_dir(tmp_path / "checkpoints", 4)
+    assert ckpt.committed_steps(tmp_path / "checkpoints") == [4]
+    saved = _resumed(tmp_path, config, 2, *TWO_RANKS, stage)  # DeepSpeed's own load
+    assert not universal.universal_dir(step4).exists()
+    resized = _resumed(tmp_path, config, 1, *ONE_RANK, stage)
+    assert ckpt.verify(universal.universal_dir(step4)) == []
+    _assert_same_state(saved[0], resized[0])
+    assert torch.equal(_streams(saved), _streams(resized))

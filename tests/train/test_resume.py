@@ -8,15 +8,14 @@ Transformer-XL decoder with memory and gradient accumulation 2, and is compared 
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from pretrain.checkpoint import layout as ckpt
 from pretrain.train.preemption import PREEMPTED_EXIT_CODE
 from tests.helpers.trained_runs import experiment_file
+from tests.train.conftest import STEPS, Reference
 from tests.train.runs import (
     assert_same_weights,
     dump,
@@ -29,24 +28,6 @@ from tests.train.runs import (
 )
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
-
-STEPS = 8
-
-
-@dataclass
-class Reference:
-    losses: dict[int, float]
-    weights: dict[str, torch.Tensor]
-
-
-@pytest.fixture(scope="module")
-def reference(char_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Reference:
-    """2N uninterrupted steps."""
-    workdir = tmp_path_factory.mktemp("reference")
-    train(workdir, experiment_file(workdir, char_manifest))
-    ref = Reference(losses(workdir), weights(workdir / "checkpoints", STEPS))
-    assert sorted(ref.losses) == list(range(1, STEPS + 1))
-    return ref
 
 
 def assert_matches(workdir: Path, reference: Reference) -> None:
@@ -94,7 +75,7 @@ def test_flipped_byte_is_detected_and_previous_checkpoint_used(
     again = train(tmp_path, config, "train.max_steps=8")
     out = rank0(again)
     assert "checkpoint step 8 failed verification" in out
-    assert victim.name in out and "sha256" in out
+    assert victim.name in out and "xxh3_128 does not match" in out
     assert "resumed from step 4" in out
     assert_matches(tmp_path, reference)
 

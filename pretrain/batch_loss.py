@@ -58,9 +58,15 @@ def forward_loss(
 ) -> LossParts:
     """Run ``model`` (a DeepSpeed engine or a plain module) on ``batch``; memory in and out.
     The loaders' ``memory_reset`` (rows whose text breaks) goes with it, so training and
-    evaluation drop memory at the same rows."""
+    evaluation drop memory at the same rows, and so does a padded batch's ``attention_mask``
+    (fine-tuning: True at real tokens of the input, or of the source for an encoder-decoder)."""
     inputs = (batch[key] for key in INPUTS[family])
-    logits, new_mems = model(*inputs, mems, memory_reset=batch.get("memory_reset"))
+    logits, new_mems = model(
+        *inputs,
+        mems,
+        memory_reset=batch.get("memory_reset"),
+        attention_mask=batch.get("attention_mask"),
+    )
     labels = batch[TARGETS[family]]
     total, count = token_loss_sum(logits, labels)
     return LossParts(total, int(count), new_mems, logits, labels)

@@ -5,11 +5,16 @@ forward + loss switch serves fine-tuning too:
 
 - classification: ``input_ids`` (B, L) padded on the right, and the class index as the one
   target of each row (B, 1) under the family's target key (decoder ``targets``, encoder
-  ``labels``); the model (`pretrain.finetune.heads`) returns (B, 1, classes) logits.
+  ``labels``); the model (`pretrain.finetune.heads`) returns (B, 1, classes) logits. An
+  encoder's batch adds ``attention_mask`` (B, L), True at real tokens, so its bidirectional
+  attention and its pooling skip the pads; a decoder's causal attention never reads the pads
+  after a row's last token, so its batch needs none (and keeps SDPA's fast causal path).
 - seq2seq, decoder: prompt + eos + completion + eos as one row; the targets are the next tokens
   on the completion (and its eos) only, ``IGNORE_INDEX`` on the prompt and the padding.
 - seq2seq, encoder-decoder: ``encoder_input_ids`` the source, ``decoder_input_ids`` the target
-  shifted right from the pad id (as in span corruption), ``decoder_targets`` target + eos.
+  shifted right from the pad id (as in span corruption), ``decoder_targets`` target + eos;
+  ``attention_mask`` (B, S) marks the source's real tokens, for the encoder's attention and
+  the decoder's cross-attention.
 """
 
 from __future__ import annotations
@@ -160,15 +165,19 @@ def collate(
     size = len(examples)
     if kind == "classification":
         ids = torch.full((size, width), pad_id, dtype=torch.long)
+        real = torch.zeros((size, width), dtype=torch.bool)
         target = torch.full((size, 1), IGNORE_INDEX, dtype=torch.long)
         for b, e in enumerate(examples):
             if e is None:
                 ids[b, 0] = eos_id  # one real token, so the pooling has something to read
+                real[b, 0] = True
                 continue
             ids[b, : len(e.source)] = torch.tensor(e.source)
+            real[b, : len(e.source)] = True
             target[b, 0] = e.label
-        key = "targets" if family == "decoder" else "labels"
-        return {"input_ids": ids, key: target}
+        if family == "decoder":
+            return {"input_ids": ids, "targets": target}
+        return {"input_ids": ids, "labels": target, "attention_mask": real}
     if family == "decoder":
         ids = torch.full((size, width), pad_id, dtype=torch.long)
         target = torch.full((size, width), IGNORE_INDEX, dtype=torch.long)
@@ -183,18 +192,23 @@ def collate(
     enc_width = max((len(e.source) for e in rows), default=1)
     dec_width = max((len(e.target) + 1 for e in rows), default=1)
     encoder = torch.full((size, enc_width), pad_id, dtype=torch.long)
+    # A filler row's source stays all pad and unmasked (attention reads every key of a row
+    # with no real one, see `real_keys`); it has no target.
+    source = torch.zeros((size, enc_width), dtype=torch.bool)
     decoder = torch.full((size, dec_width), pad_id, dtype=torch.long)
     target = torch.full((size, dec_width), IGNORE_INDEX, dtype=torch.long)
     for b, e in enumerate(examples):
         if e is None:
             continue
         encoder[b, : len(e.source)] = torch.tensor(e.source)
+        source[b, : len(e.source)] = True
         decoder[b, 1 : len(e.target) + 1] = torch.tensor(e.target)
         target[b, : len(e.target) + 1] = torch.tensor([*e.target, eos_id])
     return {
         "encoder_input_ids": encoder,
         "decoder_input_ids": decoder,
         "decoder_targets": target,
+        "attention_mask": source,
     }
 
 

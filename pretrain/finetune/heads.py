@@ -41,9 +41,21 @@ class SequenceClassifier(nn.Module):
             self.backbone.lm_head = nn.Identity()
         self.score = nn.Linear(config.d_model, num_labels)
 
-    def forward(self, tokens: Tensor, mems: Any = None) -> tuple[Tensor, list[Tensor]]:
-        hidden, _ = self.backbone(tokens, None)  # (B, L, d), already normalised
-        real = tokens != self.pad_id  # (B, L)
+    def forward(
+        self,
+        tokens: Tensor,
+        mems: Any = None,
+        *,
+        memory_reset: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """``attention_mask`` (B, L) True at real tokens (`examples.collate` gives it to an
+        encoder, whose attention must not read the pads); without it the real tokens are the
+        non-pad ones. ``mems`` and ``memory_reset`` are the trainer's arguments to any model;
+        examples are independent, so neither applies."""
+        # (B, L, d), already normalised
+        hidden, _ = self.backbone(tokens, None, attention_mask=attention_mask)
+        real = tokens != self.pad_id if attention_mask is None else attention_mask.to(torch.bool)
         if self.pooling == "mean":
             weights = real.to(hidden.dtype).unsqueeze(-1)  # (B, L, 1)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)

@@ -92,7 +92,9 @@ def classify(
         world_size=1,
         batch_size=batch_size,
     ):
-        logits, _ = model(batch["input_ids"], None)  # (B, 1, C)
+        logits, _ = model(
+            batch["input_ids"], None, attention_mask=batch.get("attention_mask")
+        )  # (B, 1, C)
         guesses = logits[:, 0].float().argmax(-1).tolist()
         predicted += [g for g, row in zip(guesses, rows, strict=True) if row is not None]
     return predicted

@@ -148,8 +148,9 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Decoder queries over the encoder's output; no positions (as in T5) and no mask: the
-    encoder input of span corruption has no padding."""
+    """Decoder queries over the encoder's output; no positions (as in T5). The source's pads
+    (fine-tuning batches) are masked out when a ``source_mask`` is given; span corruption's
+    encoder input has none and keeps SDPA's unmasked path."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -160,16 +161,31 @@ class CrossAttention(nn.Module):
         self.proj.residual = True  # type: ignore[assignment]  # scaled init, see init_weights()
         self.attn_dropout = config.attn_dropout
 
-    def forward(self, x: Tensor, encoder_out: Tensor) -> Tensor:
-        """x (B, U, d) normalised decoder states; encoder_out (B, S, d). -> (B, U, d)"""
+    def forward(self, x: Tensor, encoder_out: Tensor, source_mask: Tensor | None = None) -> Tensor:
+        """x (B, U, d) normalised decoder states; encoder_out (B, S, d); source_mask (B, S)
+        bool, True at the source's real tokens, or None for all. -> (B, U, d)"""
         batch, length, d = x.shape
         q = self.q(x).view(batch, length, self.n_heads, -1).transpose(1, 2)  # (B, H, U, hd)
         k, v = self.kv(encoder_out).split(d, dim=-1)  # (B, S, d) each
         k = k.view(batch, -1, self.n_heads, q.size(-1)).transpose(1, 2)  # (B, H, S, hd)
         v = v.view(batch, -1, self.n_heads, q.size(-1)).transpose(1, 2)
         dropout = self.attn_dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, H, U, hd)
+        mask = None if source_mask is None else source_mask[:, None, None, :]  # (B, 1, 1, S)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.proj(y.transpose(1, 2).reshape(batch, length, d))
+
+
+def real_keys(attention_mask: Tensor | None) -> Tensor | None:
+    """(B, L) bool of the keys a row may read, from an ``attention_mask`` (B, L) (True or 1 at
+    real tokens, the Hugging Face convention), or None when every token is real (decided on
+    the host, so attention keeps its unmasked fast paths). A row with no real token at all
+    reads everything: a softmax over no key is NaN, and would poison the batch's gradient."""
+    if attention_mask is None:
+        return None
+    real = attention_mask.to(torch.bool)
+    if bool(real.all()):
+        return None
+    return real | ~real.any(dim=1, keepdim=True)
 
 
 def causal_mask(query_len: int, key_len: int, device: torch.device) -> Tensor:

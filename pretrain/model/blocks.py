@@ -12,6 +12,11 @@ still inside the window (``mem_len`` longer than a segment) it stays masked: the
 ends with a (B, M) bool entry after the layers' states, True where a slot holds the row's own
 context. Without any masked slot that entry is absent and attention keeps its unmasked fast
 paths.
+
+Padding composes with this: a fine-tuning batch's ``attention_mask`` (B, T), True at real
+tokens, masks the segment's pad keys the same way (a padded row then gives the outputs of the
+same row alone), pads kept in memory stay masked, and an encoder-decoder's source mask reaches
+the decoder's cross-attention. Without pads it is None and changes nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pretrain.config import ModelConfig
-from pretrain.model.attention import CrossAttention, Positions, SelfAttention, causal_mask
+from pretrain.model.attention import (
+    CrossAttention,
+    Positions,
+    SelfAttention,
+    causal_mask,
+    real_keys,
+)
 from pretrain.model.layers import MLP, make_norm
 from pretrain.model.positions import relative_distances, rotary_tables, sinusoid
 
@@ -38,9 +49,15 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: Tensor, memory: Tensor | None, pos: Positions, encoder_out: Tensor | None = None
+        self,
+        x: Tensor,
+        memory: Tensor | None,
+        pos: Positions,
+        encoder_out: Tensor | None = None,
+        source_mask: Tensor | None = None,
     ) -> Tensor:
-        """x (B, T, d), memory (B, M, d) or None -> (B, T, d)"""
+        """x (B, T, d), memory (B, M, d) or None; source_mask (B, S) the encoder's real
+        tokens, or None for all -> (B, T, d)"""
         # Normalise segment and memory apart (the norm is per row): the attention's queries
         # then read a contiguous tensor rather than a slice of the context.
         h = self.norm_attn(x)  # (B, T, d)
@@ -48,7 +65,7 @@ class Block(nn.Module):
         x = x + self.dropout(self.attn(h, context, pos))  # context (B, K, d)
         if self.cross is not None and self.norm_cross is not None:
             assert encoder_out is not None, "a decoder block with cross-attention needs encoder_out"
-            x = x + self.dropout(self.cross(self.norm_cross(x), encoder_out))
+            x = x + self.dropout(self.cross(self.norm_cross(x), encoder_out, source_mask))
         return x + self.mlp(self.norm_mlp(x))  # the MLP applies its own output dropout
 
 
@@ -84,11 +101,27 @@ def usable_memory(
     return None if bool(usable.all()) else usable
 
 
-def update_usable(usable: Tensor | None, seq: int, mem_len: int) -> Tensor | None:
-    """The usable slots of the next memory (the segment's are), or None for all."""
-    if usable is None or mem_len == 0:
+def row_keys(
+    usable: Tensor | None, segment: Tensor | None, memory_len: int, seq: int
+) -> Tensor | None:
+    """(B, M + T) bool: the keys of ``[memory; segment]`` each row may read, from the usable
+    memory slots and the segment's real tokens (None: all of either), or None for all."""
+    if usable is None and segment is None:
         return None
-    joined = torch.cat([usable, usable.new_ones(usable.size(0), seq)], dim=1)[:, -mem_len:]
+    some = usable if usable is not None else segment
+    assert some is not None
+    ones = some.new_ones(some.size(0), memory_len + seq)
+    memory_keys = usable if usable is not None else ones[:, :memory_len]
+    segment_keys = segment if segment is not None else ones[:, :seq]
+    return torch.cat([memory_keys, segment_keys], dim=1)
+
+
+def update_usable(keys: Tensor | None, mem_len: int) -> Tensor | None:
+    """The usable slots of the next memory (the last ``mem_len`` of this forward's readable
+    keys: the segment's real tokens are), or None for all."""
+    if keys is None or mem_len == 0:
+        return None
+    joined = keys[:, -mem_len:]
     return None if bool(joined.all()) else joined
 
 
@@ -112,14 +145,13 @@ class Stack(nn.Module):
         key_len: int,
         device: torch.device,
         dtype: torch.dtype,
-        usable: Tensor | None = None,
+        keys: Tensor | None = None,
     ) -> Positions:
-        """``usable``: (B, M) the memory slots each row may attend to (None: all)."""
+        """``keys``: (B, K) the keys each row may attend to (`row_keys`; None: all)."""
         config = self.config
         mask = causal_mask(seq, key_len, device) if self.causal else None
-        if usable is not None:
-            # Per row: the segment's keys always, the memory's where usable. (B, 1, T, K)
-            keys = torch.cat([usable, usable.new_ones(usable.size(0), seq)], dim=1)
+        if keys is not None:
+            # Per row: the usable memory slots and the segment's real tokens. (B, 1, T, K)
             rows = keys[:, None, None, :]
             mask = rows if mask is None else rows & mask
             mask = mask.expand(-1, -1, seq, -1)
@@ -129,7 +161,7 @@ class Stack(nn.Module):
             relative = F.pad(relative, (0, 0, 0, 1))  # (P + 1, d): see Positions.relative
             return Positions(mask=mask, is_causal=False, relative=relative, u=self.u, v=self.v)
         # Without memory a causal mask is SDPA's own (its fast path); with memory it is explicit.
-        fast_causal = self.causal and key_len == seq and usable is None
+        fast_causal = self.causal and key_len == seq and keys is None
         pos = Positions(mask=None if fast_causal else mask, is_causal=fast_causal)
         if config.position == "rotary":
             cos, sin = rotary_tables(key_len, config.head_dim, config.rope_theta, device)
@@ -143,24 +175,29 @@ class Stack(nn.Module):
         mem_len: int,
         encoder_out: Tensor | None = None,
         memory_reset: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        source_mask: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """x (B, T, d) embedded segment; mems: per layer (B, M, d) (then possibly the (B, M)
         usable slots, see the module's doc), or None; memory_reset (B,) bool: rows that must
-        not see their memory. -> (normalised output (B, T, d), new memory: per layer
-        (B, min(M + T, mem_len), d) (then the usable slots while some are not), or [] when
-        mem_len == 0)."""
+        not see their memory; attention_mask (B, T): True (or 1) at the segment's real
+        tokens, None for all; source_mask (B, S): the same for ``encoder_out``.
+        -> (normalised output (B, T, d), new memory: per layer (B, min(M + T, mem_len), d)
+        (then the usable slots while some are not), or [] when mem_len == 0)."""
         layer_mems, valid = split_memory(mems, len(self.layers))
         memory_len = layer_mems[0].size(1) if layer_mems else 0
         batch, seq = x.size(0), x.size(1)
         usable = usable_memory(valid, memory_reset, batch, memory_len, x.device)
-        pos = self.positions(seq, memory_len + seq, x.device, x.dtype, usable)
+        keys = row_keys(usable, real_keys(attention_mask), memory_len, seq)
+        pos = self.positions(seq, memory_len + seq, x.device, x.dtype, keys)
+        source = real_keys(source_mask)
         new_mems = []
         for i, layer in enumerate(self.layers):
             memory = layer_mems[i] if memory_len else None
             if mem_len:
                 new_mems.append(update_memory(memory, x, mem_len))
-            x = layer(x, memory, pos, encoder_out)
-        still_masked = update_usable(usable, seq, mem_len)
+            x = layer(x, memory, pos, encoder_out, source)
+        still_masked = update_usable(keys, mem_len)
         if still_masked is not None:
             new_mems.append(still_masked)
         return self.norm(x), new_mems

@@ -151,14 +151,20 @@ class Decoder(LanguageModel):
         *,
         mem_len: int | None = None,
         memory_reset: Tensor | None = None,
+        attention_mask: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """tokens (B, T) -> (logits (B, T, V), new_mems). ``mem_len`` overrides the config's
         (incremental decoding keeps the whole context as memory); ``memory_reset`` (B,) bool
-        marks rows that must not see their memory (see blocks.py)."""
+        marks rows that must not see their memory; ``attention_mask`` (B, T) True (or 1) at
+        real tokens, None for all (see blocks.py)."""
         offset = mems[0].size(1) if mems else 0
         x = self.embed(tokens, offset, self.pos_emb)
         h, new_mems = self.stack(
-            x, mems, self._mem_len(mem_len), memory_reset=memory_reset
+            x,
+            mems,
+            self._mem_len(mem_len),
+            memory_reset=memory_reset,
+            attention_mask=attention_mask,
         )  # (B, T, d)
         return self.lm_head(h), new_mems
 
@@ -198,11 +204,18 @@ class Encoder(LanguageModel):
         *,
         mem_len: int | None = None,
         memory_reset: Tensor | None = None,
+        attention_mask: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
-        """tokens (B, T) -> (logits (B, T, V), new_mems)."""
+        """tokens (B, T) -> (logits (B, T, V), new_mems); the arguments as `Decoder`'s."""
         offset = mems[0].size(1) if mems else 0
         x = self.embed(tokens, offset, self.pos_emb)
-        h, new_mems = self.stack(x, mems, self._mem_len(mem_len), memory_reset=memory_reset)
+        h, new_mems = self.stack(
+            x,
+            mems,
+            self._mem_len(mem_len),
+            memory_reset=memory_reset,
+            attention_mask=attention_mask,
+        )
         return self.head(h), new_mems
 
 
@@ -230,19 +243,32 @@ class EncoderDecoder(LanguageModel):
         mems: list[Tensor] | None = None,
         mem_len: int | None = None,
         memory_reset: Tensor | None = None,
+        attention_mask: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
-        """encoder_tokens (B, S) -> (encoder output (B, S, d), new encoder memory)."""
+        """encoder_tokens (B, S) -> (encoder output (B, S, d), new encoder memory);
+        ``attention_mask`` (B, S) True (or 1) at the source's real tokens, None for all."""
         offset = mems[0].size(1) if mems else 0
         x = self.embed(encoder_tokens, offset, self.enc_pos_emb)
         out: tuple[Tensor, list[Tensor]] = self.encoder(
-            x, mems, self._mem_len(mem_len), memory_reset=memory_reset
+            x,
+            mems,
+            self._mem_len(mem_len),
+            memory_reset=memory_reset,
+            attention_mask=attention_mask,
         )
         return out
 
-    def decode(self, decoder_input_tokens: Tensor, encoder_out: Tensor) -> Tensor:
-        """decoder_input_tokens (B, U), encoder_out (B, S, d) -> logits (B, U, V)."""
+    def decode(
+        self,
+        decoder_input_tokens: Tensor,
+        encoder_out: Tensor,
+        source_mask: Tensor | None = None,
+    ) -> Tensor:
+        """decoder_input_tokens (B, U), encoder_out (B, S, d), source_mask (B, S) the
+        source's real tokens (None: all) -> logits (B, U, V). The decoder's own padding is
+        on the right, which its causal attention never reads, so it needs no mask."""
         y = self.embed(decoder_input_tokens, 0, self.dec_pos_emb)
-        h, _ = self.decoder(y, None, 0, encoder_out)
+        h, _ = self.decoder(y, None, 0, encoder_out, source_mask=source_mask)
         return self.lm_head(h)
 
     def forward(
@@ -253,7 +279,10 @@ class EncoderDecoder(LanguageModel):
         *,
         mem_len: int | None = None,
         memory_reset: Tensor | None = None,
+        attention_mask: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
-        """-> (logits (B, U, V), new encoder memory)."""
-        encoder_out, new_mems = self.encode(encoder_tokens, mems, mem_len, memory_reset)
-        return self.decode(decoder_input_tokens, encoder_out), new_mems
+        """-> (logits (B, U, V), new encoder memory); ``attention_mask`` is the source's."""
+        encoder_out, new_mems = self.encode(
+            encoder_tokens, mems, mem_len, memory_reset, attention_mask
+        )
+        return self.decode(decoder_input_tokens, encoder_out, attention_mask), new_mems

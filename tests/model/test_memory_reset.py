@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from pretrain.batch_loss import forward_loss
+from pretrain.model.blocks import row_keys
 from pretrain.model.families import EncoderDecoder, LanguageModel
 from tests.model.common import tiny_model, tokens
 
@@ -98,7 +99,8 @@ def test_without_a_reset_the_memory_and_the_fast_paths_are_unchanged(position: s
     if position == "rotary":  # no memory and no reset: SDPA builds the causal mask itself
         assert pos.is_causal and pos.mask is None
     usable = torch.tensor([[True] * SEQ, [False] * SEQ])
-    masked = stack.positions(SEQ, 2 * SEQ, first.device, torch.float64, usable)
+    keys = row_keys(usable, None, SEQ, SEQ)
+    masked = stack.positions(SEQ, 2 * SEQ, first.device, torch.float64, keys)
     assert masked.mask is not None and masked.mask.shape == (2, 1, SEQ, 2 * SEQ)
     assert not masked.mask[1, 0, :, :SEQ].any() and masked.mask[0, 0, :, :SEQ].all()
 

@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +9,7 @@ import pytest
 import torch
 
 from pretrain.loader import TrainLoader
+from tests.helpers.moto_server import moto_server
 from tests.loader.helpers import make_loader
 from tests.loader.shard_fixture import BuiltDataset
 
@@ -23,40 +17,10 @@ pytest.importorskip("s3fs", reason="s3fs is not installed (pip install '.[s3]')"
 pytest.importorskip("moto.server", reason="moto[server] is not installed (pip install '.[dev]')")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def moto_endpoint(tmp_path: Path) -> Iterator[str]:
-    port = _free_port()
-    log = open(tmp_path / "moto.log", "wb")  # noqa: SIM115 (closed below, after the server)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"moto server did not start: {(tmp_path / 'moto.log').read_text()}"
-                    ) from None
-                time.sleep(0.2)
+    with moto_server(tmp_path) as endpoint:
         yield endpoint
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # our own server's process group only
-        proc.wait(timeout=10)
-        log.close()
 
 
 @pytest.mark.s3

@@ -280,6 +280,14 @@ class TrackingConfig:
 EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
+def check_experiment_name(name: str) -> None:
+    """A run's ``name`` names its folders, MLflow experiment and scheduler job: folder-safe."""
+    if not EXPERIMENT_NAME.fullmatch(name):
+        raise ValueError(
+            f"name {name!r} names the run's folders: use letters, digits, '.', '_', '-'"
+        )
+
+
 @dataclass
 class ExperimentConfig:
     """One pretraining run, end to end."""
@@ -293,10 +301,7 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> None:
-        if not EXPERIMENT_NAME.fullmatch(self.name):
-            raise ValueError(
-                f"name {self.name!r} names the run's folders: use letters, digits, '.', '_', '-'"
-            )
+        check_experiment_name(self.name)
         # Derived here, once, so the resolved config a run saves names its real folders.
         if not self.checkpoint.dir:
             self.checkpoint.dir = f"runs/{self.name}/checkpoints"

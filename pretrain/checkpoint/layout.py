@@ -280,11 +280,13 @@ def find_resume_point(
             return ResumePoint(candidate, directory, read_marker(directory))
         if failed is not None:
             failed[candidate] = problems
-        report(
-            f"checkpoint step {candidate} failed verification and is skipped: "
-            + "; ".join(problems)
-        )
+        report(skipped_step_message(candidate, problems))
     return None
+
+
+def skipped_step_message(step: int, problems: list[str]) -> str:
+    """What resume says of a committed step that fails verification (then tries the one before)."""
+    return f"checkpoint step {step} failed verification and is skipped: " + "; ".join(problems)
 
 
 def unusable_steps_error(root: str | Path, failed: dict[int, list[str]]) -> CheckpointError:

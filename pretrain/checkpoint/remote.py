@@ -249,10 +249,7 @@ class RemoteRoot:
                 return self._point(candidate)
             if failed is not None:
                 failed[candidate] = problems
-            report(
-                f"checkpoint step {candidate} failed verification and is skipped: "
-                + "; ".join(problems)
-            )
+            report(ckpt.skipped_step_message(candidate, problems))
         return None
 
     def _point(self, step: int) -> ckpt.ResumePoint:

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pretrain.config import (
-    EXPERIMENT_NAME,
     CheckpointConfig,
     EngineConfig,
     TrackingConfig,
     TrainConfig,
+    check_experiment_name,
 )
 
 TaskKind = Literal["classification", "seq2seq"]
@@ -72,10 +72,7 @@ class FinetuneConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> None:
-        if not EXPERIMENT_NAME.fullmatch(self.name):
-            raise ValueError(
-                f"name {self.name!r} names the run's folders: use letters, digits, '.', '_', '-'"
-            )
+        check_experiment_name(self.name)
         if not self.init:
             raise ValueError("init must name a pretraining checkpoint or an export")
         if not 0.0 <= self.dropout < 1.0:

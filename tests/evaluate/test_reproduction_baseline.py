@@ -114,7 +114,11 @@ class UnigramModel(torch.nn.Module):
         self.log_p = torch.from_numpy(log_p).float()
 
     def forward(
-        self, *inputs: Tensor | None, mem_len: int = 0, memory_reset: Tensor | None = None
+        self,
+        *inputs: Tensor | None,
+        mem_len: int = 0,
+        memory_reset: Tensor | None = None,
+        attention_mask: Tensor | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         # encoder: (input_ids, mems); encoder-decoder: (encoder ids, decoder inputs, mems)
         width = inputs[1] if self.config.family == "encoder_decoder" else inputs[0]

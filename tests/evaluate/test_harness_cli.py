@@ -14,16 +14,13 @@ from typing import Any
 
 import pytest
 import tomllib
-import torch
 
 from data_pipeline.configuration import from_dict
 from data_pipeline.schemas import TokenizerTrainingConfig
 from data_pipeline.tokenizer_training import train_tokenizer
-from pretrain.config import ModelConfig
-from pretrain.model import build_model
-from pretrain.pretrained import save_pretrained
 from tests.conftest import REPO_ROOT
 from tests.evaluate.test_harness import _run, _tasks
+from tests.helpers.tiny_models import tiny_export
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is the [eval] extra")
 
@@ -59,21 +56,7 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
             },
         )
     )
-    config = ModelConfig(
-        family="decoder",
-        vocab_size=tokenizer.vocab_size,
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        max_seq_len=32,
-        position="relative",
-        mem_len=16,
-    )
-    torch.manual_seed(0)
-    model = build_model(config).eval()
-    return save_pretrained(
-        model, root / "export", tokenizer_dir=str(tokenizer.path), info={"name": "tiny"}
-    )
+    return tiny_export(root, tokenizer)
 
 
 def _environment() -> dict[str, str]:

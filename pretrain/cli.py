@@ -570,8 +570,9 @@ def lm_eval_main() -> int:
 def _leave_process_group() -> None:
     """Tear the process group down once the command is done, not at interpreter exit: gloo's
     threads destroyed during shutdown can abort a rank that has finished its work ("terminate
-    called without an active exception", seen once in `pretrain evaluate` over 2 ranks after
-    its report was printed), and the launcher then reports the job failed."""
+    called without an active exception"), and the launcher then reports the job failed. This
+    frees the group only where nothing else holds it: see the import of `torch.distributed.nn`
+    in `pretrain.distributed.engine`."""
     if "torch" not in sys.modules:  # the command never touched torch (--help, config)
         return
     import torch.distributed as dist

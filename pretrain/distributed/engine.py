@@ -24,6 +24,14 @@ from typing import IO, Any, cast
 import deepspeed
 import torch
 import torch.distributed as dist
+
+# Imported before any process group exists, on purpose: `torch.distributed.nn.functional`
+# takes ``group=group.WORLD`` as a default argument (as DeepSpeed's `deepspeed.comm.torch`
+# does, imported above), and a module first imported after the group is up keeps that group
+# in its defaults for good. `destroy_process_group` then leaves gloo's threads running into
+# interpreter shutdown, where about one rank in twenty aborted ("terminate called without an
+# active exception") after its work was done, and the launcher called the job failed.
+import torch.distributed.nn
 from deepspeed.accelerator import get_accelerator
 from torch import nn
 from torch.utils.checkpoint import checkpoint

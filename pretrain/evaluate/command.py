@@ -25,7 +25,8 @@ import torch.distributed as dist
 
 from pretrain.checkpoint.reading import Checkpoint, load_model, open_checkpoint
 from pretrain.checkpoint.tokenizer import check_same_tokenizer, model_tokenizer_hash
-from pretrain.config import ExperimentConfig
+from pretrain.config import EngineConfig, ExperimentConfig
+from pretrain.distributed.engine import init_distributed
 from pretrain.evaluate.loop import (
     LOSS_NAMES,
     EvalSettings,
@@ -62,15 +63,16 @@ def sweep_lengths(spec: str, config: ExperimentConfig) -> list[int]:
     return sorted({0, base // 2, base, 2 * base, 4 * base})
 
 
-def _process_group() -> tuple[int, int, torch.device]:
-    """(rank, world size, device): a group only when a launcher started several processes."""
+def _process_group(engine: EngineConfig) -> tuple[int, int, torch.device]:
+    """(rank, world size, device): a group only when a launcher started several processes,
+    joined as training joins it (its timeout, restarts and teardown)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL works on the current device: one GPU per rank
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        init_distributed(engine)
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), device
     return 0, 1, device
@@ -85,7 +87,7 @@ def run_evaluation(
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` (config already overridden); returns the report."""
     config = checkpoint.config
-    rank, world_size, device = _process_group()
+    rank, world_size, device = _process_group(config.engine)
     if config.model.mem_len and config.model.position == "learned":
         raise ValueError("learned absolute positions cannot be evaluated with memory")
     # A mixture run is evaluated on each source's validation split (unless --data names one).

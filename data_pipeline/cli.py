@@ -45,9 +45,9 @@ EXAMPLES = {
   data-pipeline finalize configs/data/wikitext2.yaml""",
     "quality": """examples:
   # one machine: prepare runs every stage itself; many (SLURM arrays), stage by stage:
-  data-pipeline quality configs/data/wikitext2_quality.yaml --stage scan \
+  data-pipeline quality configs/data/wikitext2_quality.yaml --stage scan \\
       --num-tasks 8 --task-index $SLURM_ARRAY_TASK_ID
-  data-pipeline quality configs/data/wikitext2_quality.yaml --stage buckets \
+  data-pipeline quality configs/data/wikitext2_quality.yaml --stage buckets \\
       --num-tasks 4 --task-index $SLURM_ARRAY_TASK_ID
   data-pipeline quality configs/data/wikitext2_quality.yaml --stage clusters""",
     "finalize": """examples:

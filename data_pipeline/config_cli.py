@@ -28,7 +28,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             action.option_strings
             and not any(default is unset for unset in (None, False, argparse.SUPPRESS))
             and default != []  # an option that appends starts empty: nothing to show
-            and "%(default)" not in text
+            and "(default" not in text  # the help already says it, in its own words
         ):
             text += " (default: %(default)s)"
         return text

@@ -218,7 +218,7 @@ FINETUNE_EXAMPLES = """examples:
 MAKE_TASK_EXAMPLES = """examples:
   pretrain make-task speakers corpora/tinyshakespeare/input.txt runs/tasks/speakers
   pretrain make-task speakers corpora/tinyshakespeare/input.txt OUT --speakers 8
-  pretrain make-task headings corpora/wikitext-2/valid.txt corpora/wikitext-2/test.txt \
+  pretrain make-task headings corpora/wikitext-2/valid.txt corpora/wikitext-2/test.txt \\
       runs/tasks/headings
 """
 
@@ -244,7 +244,7 @@ def make_task_arguments(parser: argparse.ArgumentParser) -> None:
         "--validation-every",
         type=_positive,
         default=10,
-        help="one document block in N goes to validation (default: 10)",
+        help="one document block in N goes to validation",
     )
     parser.add_argument(
         "--per-source", type=_positive, default=400, help="sources: passages per corpus file"

@@ -56,6 +56,36 @@ def test_help_shows_defaults_and_the_commands_own_keys(
         assert "(default: 1)" in out  # --num-tasks
 
 
+def every_help_text() -> dict[str, str]:
+    """Each CLI's and each subcommand's --help, as argparse formats it."""
+    import argparse
+    import importlib
+
+    texts = {}
+    for module in CLIS:
+        parser = importlib.import_module(module).build_parser()
+        texts[module] = parser.format_help()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    texts[f"{module} {name}"] = sub.format_help()
+    return texts
+
+
+def test_help_texts_print_as_written() -> None:
+    """An option's default is shown once, and an example continued over two lines keeps its
+    backslash (in a plain string literal a backslash before the newline joins the lines)."""
+    texts = every_help_text()
+    assert len(texts) > 10
+    for name, text in texts.items():
+        for line in text.splitlines():
+            assert line.count("(default:") <= 1, f"{name}: {line}"
+        examples = text.partition("\nexamples:\n")[2]
+        for line in examples.splitlines():
+            command = line.strip().split(" #")[0].rstrip()  # an example may end in a comment
+            assert "    " not in command, f"{name}: an example's lines run together: {line}"
+
+
 def test_workers_default_to_the_cpus_this_process_may_use() -> None:
     """Pinned to one CPU (as a SLURM allocation or taskset does), the default is 1, not all of
     the machine's."""

@@ -85,6 +85,15 @@ def manifest_tokenizer(
     )
 
 
+def checkpoint_tokenizer(checkpoint: Any, override: str | None = None) -> Tokenizer:
+    """The tokenizer ``checkpoint``'s model was trained with (or ``override``, checked against
+    it), found through the run's own training manifest. Object storage is read with
+    ``data.storage_options`` as given to this command: credentials are never saved with a step."""
+    options = checkpoint.config.data.storage_options
+    manifest = training_manifest(data_manifest_url(checkpoint.saved_config.data), options)
+    return manifest_tokenizer(manifest, override, options)
+
+
 def check_same_tokenizer(data: Manifest, expected_hash: str | None, what: str) -> None:
     """Refuse data tokenized by another tokenizer than the model's."""
     if expected_hash and data.tokenizer_hash != expected_hash:

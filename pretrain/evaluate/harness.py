@@ -37,11 +37,7 @@ from torch import Tensor
 
 from data_pipeline.tokenizer import Tokenizer
 from pretrain.checkpoint.reading import consolidated_state_dict, model_from_state, open_checkpoint
-from pretrain.checkpoint.tokenizer import (
-    data_manifest_url,
-    manifest_tokenizer,
-    training_manifest,
-)
+from pretrain.checkpoint.tokenizer import checkpoint_tokenizer
 from pretrain.model import Decoder, decode_step
 from pretrain.pretrained import is_export, load_pretrained
 
@@ -63,8 +59,7 @@ def _load(path: str, step: int | None) -> tuple[Decoder, Tokenizer, int]:
     else:
         checkpoint = open_checkpoint(path, step, [])
         config = checkpoint.config
-        manifest = training_manifest(data_manifest_url(checkpoint.saved_config.data))
-        tokenizer = Tokenizer.load(str(manifest_tokenizer(manifest, None).path))
+        tokenizer = checkpoint_tokenizer(checkpoint)
         state = consolidated_state_dict(checkpoint)
         model = model_from_state(config, state, torch.float32).eval()
         seq_len = config.train.seq_len

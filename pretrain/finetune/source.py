@@ -31,19 +31,16 @@ def open_source(
         return _export(path, tokenizer_path)
     from pretrain.checkpoint.reading import consolidated_state_dict, open_checkpoint
     from pretrain.checkpoint.tokenizer import (
-        data_manifest_url,
+        checkpoint_tokenizer,
         load_checked,
-        manifest_tokenizer,
         model_tokenizer_hash,
-        training_manifest,
     )
 
     checkpoint = open_checkpoint(path, step)
     if tokenizer_path is not None:
         tokenizer = load_checked(tokenizer_path, model_tokenizer_hash(checkpoint))
     else:
-        manifest = training_manifest(data_manifest_url(checkpoint.config.data))
-        tokenizer = manifest_tokenizer(manifest)
+        tokenizer = checkpoint_tokenizer(checkpoint)
     provenance = {
         "init": str(checkpoint.directory),
         "init_step": checkpoint.step,

@@ -64,16 +64,10 @@ def load_generator(
             raise ValueError(f"{source} holds no tokenizer; pass --tokenizer")
         return Generator(pretrained.model, tokenizer)
     from pretrain.checkpoint.reading import load_model, open_checkpoint
-    from pretrain.checkpoint.tokenizer import (
-        data_manifest_url,
-        manifest_tokenizer,
-        training_manifest,
-    )
+    from pretrain.checkpoint.tokenizer import checkpoint_tokenizer
 
     checkpoint = open_checkpoint(source, step, storage_options=storage_options)
-    options = checkpoint.config.data.storage_options
-    manifest = training_manifest(data_manifest_url(checkpoint.config.data), options)
-    tokenizer = manifest_tokenizer(manifest, tokenizer_path, options)
+    tokenizer = checkpoint_tokenizer(checkpoint, tokenizer_path)
     return Generator(load_model(checkpoint, precision), tokenizer)
 
 

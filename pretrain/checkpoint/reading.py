@@ -12,9 +12,7 @@ when weights are actually read, not when this one is.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,11 +166,7 @@ def consolidated_state_dict(checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
     from pretrain.distributed.engine import read_zero_checkpoint
 
     try:
-        # The reader prints progress on stdout; keep stdout for our report (--json).
-        with contextlib.redirect_stdout(sys.stderr):
-            state = read_zero_checkpoint(
-                str(checkpoint.directory.parent), checkpoint.directory.name
-            )
+        state = read_zero_checkpoint(str(checkpoint.directory.parent), checkpoint.directory.name)
     except Exception as err:  # DeepSpeed's reader of its own pickles: any failure means the same
         raise ckpt.CheckpointError(
             f"cannot read the DeepSpeed shards of {checkpoint.directory} "

@@ -54,6 +54,21 @@ def on_cpu() -> bool:
     return bool(get_accelerator().device_name() == "cpu")
 
 
+@contextlib.contextmanager
+def deepspeed_output_at_debug() -> Iterator[None]:
+    """What DeepSpeed print()s (and its tqdm bars on stderr) while it builds ops, reads or
+    converts checkpoints, passed on as DEBUG lines: stdout stays for results (``--json``), the
+    console for the project's own lines, and ``-vv`` still shows all of it."""
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            yield
+    finally:
+        for line in printed.getvalue().splitlines():
+            if line.strip():
+                logger.debug("%s", line)
+
+
 def init_distributed(engine: EngineConfig) -> None:
     """Join the process group (env:// from torchrun, SLURM or the DeepSpeed launcher).
 
@@ -69,16 +84,13 @@ def init_distributed(engine: EngineConfig) -> None:
     if on_cpu():
         process_group.remove_stale_shm_buffers()
     # On CPU DeepSpeed builds its shared-memory all-reduce op and print()s that it did, on
-    # every rank: keep stdout for results and pass the lines on at DEBUG.
-    built = io.StringIO()
-    with contextlib.redirect_stdout(built):
+    # every rank.
+    with deepspeed_output_at_debug():
         deepspeed.init_distributed(
             dist_backend=backend,
             timeout=timedelta(seconds=engine.dist_timeout_s),
             init_method=process_group.attempt_init_method(),
         )
-    for line in built.getvalue().splitlines():
-        logger.debug("%s", line)
     process_group.start_heartbeat(engine.dist_timeout_s)
 
 
@@ -394,8 +406,7 @@ def convert_to_universal(step: Path, out: Path) -> None:
     which a DeepSpeed engine of any data-parallel size can load (`load_universal_checkpoint`).
 
     In-process and serial (one worker): the conversion runs on rank 0 of a live job, where a
-    process pool would fork a process holding the process group. DeepSpeed print()s its progress
-    (and tqdm bars on stderr); they are passed on at DEBUG."""
+    process pool would fork a process holding the process group."""
     from deepspeed.checkpoint import ds_to_universal
 
     args = argparse.Namespace(
@@ -407,9 +418,8 @@ def convert_to_universal(step: Path, out: Path) -> None:
         strict=True,
         inject_missing_state=False,
     )
-    printed = io.StringIO()
     try:
-        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        with deepspeed_output_at_debug():
             ds_to_universal.main(args)
     except AssertionError as err:
         if "universal_checkpoint_info" not in str(err):
@@ -419,8 +429,6 @@ def convert_to_universal(step: Path, out: Path) -> None:
             "written before mnemos declared it), so DeepSpeed cannot convert it for another "
             "world size: resume it at the world size it was saved with, then save again"
         ) from None
-    for line in printed.getvalue().splitlines():
-        logger.debug("%s", line)
     # The converter points a `latest_universal` file beside its output; nothing here reads it.
     (out.parent / "latest_universal").unlink(missing_ok=True)
 
@@ -471,7 +479,8 @@ def read_zero_checkpoint(root: str, tag: str) -> dict[str, torch.Tensor]:
         # reads it: not weights-only.
         saved = torch.load(states, map_location="cpu", weights_only=False)
         return {name: tensor.float() for name, tensor in saved["module"].items()}
-    return dict(get_fp32_state_dict_from_zero_checkpoint(root, tag=tag))
+    with deepspeed_output_at_debug():
+        return dict(get_fp32_state_dict_from_zero_checkpoint(root, tag=tag))
 
 
 def fp16_overflowed(engine: Any) -> bool:

@@ -26,7 +26,6 @@ import torch.distributed as dist
 from pretrain.checkpoint.reading import Checkpoint, load_model, open_checkpoint
 from pretrain.checkpoint.tokenizer import check_same_tokenizer, model_tokenizer_hash
 from pretrain.config import EngineConfig, ExperimentConfig
-from pretrain.distributed.engine import init_distributed
 from pretrain.evaluate.loop import (
     LOSS_NAMES,
     EvalSettings,
@@ -72,6 +71,8 @@ def _process_group(engine: EngineConfig) -> tuple[int, int, torch.device]:
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL works on the current device: one GPU per rank
     if world > 1 and not dist.is_initialized():
+        from pretrain.distributed.engine import init_distributed  # DeepSpeed: only when needed
+
         init_distributed(engine)
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), device

@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from pretrain.distributed.process_group import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -219,3 +221,41 @@ def run_cli_distributed(
     if check and run.returncode != 0:
         raise DistributedRunError(f"{' '.join(module_args)} failed", run)
     return run
+
+
+def run_cli_on_nodes(
+    module_args: Sequence[str],
+    *,
+    workdir: Path,
+    nodes: int = 2,
+    wrap: Mapping[int, Sequence[str]] | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 600,
+) -> list[DistributedRun]:
+    """Run ``python -m MODULE ARGS...`` as a job of ``nodes`` nodes with one process each, all on
+    this machine: one torchrun agent per node, static rendezvous on 127.0.0.1, as a multi-node
+    launch does. ``wrap[i]`` goes in front of node i's command (e.g. `unshare` to give it a disk
+    of its own). One `DistributedRun` per node, in node order."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    attempt = len(list(workdir.glob("nodes-*")))
+    port = free_port()
+    jobs = []
+    for node in range(nodes):
+        log_dir = workdir / f"nodes-{attempt}" / f"node{node}"
+        cmd = [
+            *(wrap or {}).get(node, ()),
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nnodes={nodes}",
+            "--nproc_per_node=1",
+            f"--node-rank={node}",
+            "--master-addr=127.0.0.1",
+            f"--master-port={port}",
+            f"--log-dir={log_dir}",
+            "--redirects=3",
+            "-m",
+            *module_args,
+        ]
+        jobs.append(RunningJob(cmd, nproc=1, log_dir=log_dir, env=env, cwd=None))
+    return [job.wait(timeout) for job in jobs]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +14,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from pretrain.distributed.process_group import free_port
 
 
 @contextmanager
 def moto_server(logdir: Path) -> Iterator[str]:
     """The server's endpoint URL while the block runs."""
-    port = _free_port()
+    port = free_port()
     log_path = logdir / "moto.log"
     log = log_path.open("wb")
     proc = subprocess.Popen(

@@ -9,16 +9,19 @@ exactly where an uninterrupted local run does; evaluate and export read the URL.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from pretrain.checkpoint import layout as ckpt
 from pretrain.checkpoint.reading import locate
-from pretrain.checkpoint.remote import RemoteRoot
+from pretrain.checkpoint.remote import RemoteRoot, local_root
 from pretrain.cli import main
 from pretrain.pretrained import load_pretrained
 from pretrain.tracking import read_run
+from tests.helpers.distributed import run_cli_on_nodes
 from tests.helpers.moto_server import make_bucket, moto_server, s3_options
 from tests.helpers.trained_runs import experiment_file
 from tests.train.conftest import Reference
@@ -95,3 +98,64 @@ def test_s3_checkpoints_survive_a_kill_during_upload_and_resume_exactly(
             {k: v for k, v in exported.items() if k in reference_weights},
             {k: v for k, v in reference_weights.items() if k in exported},
         )
+
+
+def _can_give_a_node_its_own_disk(tmp_path: Path) -> bool:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    return (
+        shutil.which("unshare") is not None
+        and subprocess.run(
+            [*_own_disk(probe), "true"], capture_output=True, timeout=30, check=False
+        ).returncode
+        == 0
+    )
+
+
+def _own_disk(path: Path) -> list[str]:
+    """A command prefix that runs the rest in a private mount namespace with an empty tmpfs on
+    ``path``: what that process writes there is invisible to every other, as on a node's own
+    local disk."""
+    mount = 'mount -t tmpfs tmpfs "$0" && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount, str(path)]
+
+
+def test_a_second_node_downloads_the_step_to_its_own_disk(
+    char_manifest: Path, tmp_path: Path, reference: Reference
+) -> None:
+    """Two nodes of one process each (two torchrun agents, static rendezvous on 127.0.0.1),
+    node 1's checkpoint.local_dir on a disk only it sees: node 1 stages and uploads its own
+    shards, and after a crash its first rank downloads and verifies the resume step itself
+    (rank 0's copy is not on its disk); the resumed run ends where the uninterrupted one does."""
+    if not _can_give_a_node_its_own_disk(tmp_path):
+        pytest.skip("a node's own disk is made with `unshare --mount` and tmpfs, which need root")
+    with moto_server(tmp_path) as endpoint:
+        make_bucket(endpoint, "ckpt")
+        make_bucket(endpoint, "data")
+        url = "s3://ckpt/runs/tiny"
+        store = RemoteRoot(url, s3_options(endpoint))
+        store.fs.put(f"{char_manifest.parent}/", "data/char/", recursive=True)
+        config = _s3_experiment(tmp_path, char_manifest, url, endpoint)
+        (tmp_path / "staging").mkdir()
+        node1 = {1: _own_disk(tmp_path / "staging")}
+        train_args = ["pretrain.cli", "train", str(config)]
+
+        # Rank 1 (node 1) dies after uploading its first file of step 8; node 0 then fails too.
+        crash = {"MNEMOS_FAULTS": "die_in_upload@8:1"}
+        crashed = run_cli_on_nodes(train_args, workdir=tmp_path / "jobs", wrap=node1, env=crash)
+        assert all(node.returncode != 0 for node in crashed), crashed[1].describe()
+        assert store.committed_steps() == [4]
+        # Node 1's shards of step 4 are on S3 but not on the disk node 0 sees.
+        step4 = ckpt.step_dir(local_root(url, str(tmp_path / "staging")), 4)
+        assert list(step4.glob("*rank_0_*")) and not list(step4.glob("*rank_1_*"))
+        assert any("rank_1_" in key for key in store.fs.ls(store.step_key(4)))
+
+        resumed = run_cli_on_nodes(train_args, workdir=tmp_path / "jobs", wrap=node1)
+        for node in resumed:
+            assert node.returncode == 0, node.describe()
+        assert "resumed from step 4" in resumed[0].ranks[0].output, resumed[0].describe()
+        assert store.committed_steps() == [4, 8]
+        run = read_run(f"sqlite:///{tmp_path / 'mlflow.db'}", store.read_marker(4)["run_id"])
+        assert dict(run["history"]["train/loss"]) == reference.losses
+        point = locate(url, storage_options=s3_options(endpoint))
+        assert_same_weights(weights(point.directory.parent, 8), reference.weights)

@@ -221,12 +221,16 @@ def test_other_families_resume_at_another_size(
     assert all(math.isfinite(loss) for loss in losses(tmp_path).values())
 
 
-def test_zero_stage_2_resumes_at_another_size_exactly(char_manifest: Path, tmp_path: Path) -> None:
-    """ZeRO stage 2 partitions the fp32 weights and Adam moments by rank as stage 3 does, in
-    another checkpoint format, and resumes at another size through the same universal
-    conversion: weights, moments and the data order come back exactly."""
+@pytest.mark.parametrize("zero_stage", [1, 2])
+def test_zero_stages_1_and_2_resume_at_another_size_exactly(
+    char_manifest: Path, tmp_path: Path, zero_stage: int
+) -> None:
+    """ZeRO stages 1 and 2 partition the fp32 weights and Adam moments by rank as stage 3 does,
+    in another checkpoint format (stage 1 in bf16 through DeepSpeed's `BF16_Optimizer`), and
+    resume at another size through the same universal conversion: weights, moments and the data
+    order come back exactly."""
     config = _config(tmp_path, char_manifest)
-    stage = "engine.zero_stage=2"
+    stage = f"engine.zero_stage={zero_stage}"
     _train(tmp_path, config, 2, *TWO_RANKS, stage, "train.max_steps=4")
     step4 = ckpt.step_dir(tmp_path / "checkpoints", 4)
     assert ckpt.committed_steps(tmp_path / "checkpoints") == [4]

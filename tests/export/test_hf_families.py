@@ -237,3 +237,71 @@ def test_no_family_scheme_or_variant_is_refused(tmp_path: Path, family: str) -> 
                 else:
                     got = hf(tokens).logits
                 torch.testing.assert_close(got, _outputs(model, tokens), atol=1e-4, rtol=1e-4)
+
+
+def _right_padded(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of ``rows`` padded on the right with the pad id."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), SPECIALS["pad"], dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = row, 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("family", ["encoder", "encoder_decoder"])
+@pytest.mark.parametrize(("position", "mem_len"), SCHEMES)
+def test_a_padded_batch_gives_each_rows_own_logits(
+    tmp_path: Path, family: str, position: str, mem_len: int
+) -> None:
+    """Encoders and encoder-decoders take transformers' attention_mask: in a right-padded batch
+    each row's real tokens get the logits the row gets alone. Memory made over padding is
+    refused when passed back."""
+    model = _trained(_config(family, position, mem_len))
+    hf = _export(model, tmp_path)
+    long, short = _text_ids(24, offset=1500)[0], _text_ids(24, offset=1600)[0][:13]
+    ids, mask = _right_padded([long, short])
+    target = shift_right(_text_ids(10, offset=1700)[:1], SPECIALS["pad"])
+    with torch.no_grad():
+
+        def logits(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> Any:
+            if family == "encoder_decoder":
+                rows = target.expand(input_ids.size(0), -1)
+                return hf(
+                    input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=rows
+                )
+            return hf(input_ids, attention_mask=attention_mask)
+
+        batch = logits(ids, mask)
+        for i, row in enumerate([long, short]):
+            alone = logits(row[None], None).logits[0]
+            got = batch.logits[i] if family == "encoder_decoder" else batch.logits[i, : len(row)]
+            torch.testing.assert_close(got, alone, atol=1e-4, rtol=1e-4)
+        if mem_len:
+            cache = batch.encoder_cache if family == "encoder_decoder" else batch.cache
+            with pytest.raises(ValueError, match="padded batch"):
+                if family == "encoder_decoder":
+                    hf(input_ids=ids, decoder_input_ids=target.expand(2, -1), cache=cache)
+                else:
+                    hf(ids, cache=cache)
+
+
+def test_greedy_generate_takes_padded_sources_for_the_encoder_decoder(tmp_path: Path) -> None:
+    model = _trained(_config("encoder_decoder", "relative", 16))
+    hf = _export(model, tmp_path)
+    sources = [_text_ids(24, offset=700)[0], _text_ids(24, offset=900)[0][:15]]
+    ids, mask = _right_padded(sources)
+    with torch.no_grad():
+        batch = hf.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False)
+        for i, source in enumerate(sources):
+            alone = hf.generate(source[None], max_new_tokens=12, do_sample=False)[0]
+            assert batch[i, : len(alone)].tolist() == alone.tolist()
+
+
+def test_a_decoder_refuses_left_padding(tmp_path: Path) -> None:
+    hf = _export(_trained(_config("decoder", "rotary", 0)), tmp_path)
+    ids, mask = _right_padded([_text_ids(12)[0], _text_ids(12)[1][:8]])
+    with torch.no_grad():
+        hf(ids, attention_mask=mask)  # right padding: taken
+        with pytest.raises(ValueError, match="right padding"):
+            hf(ids.flip(1), attention_mask=mask.flip(1))

@@ -12,9 +12,12 @@ with the next segment gives exactly our segment-by-segment forward. ``generate()
 cache of our decoding length (`default_cache_len`) and feeds one token per step, as
 ``pretrain generate`` does.
 
-The models attend to every token of the input: there is no padding mask. A decoder accepts
-right padding (pads come after every real token, so they change no real token's logits); any
-other ``attention_mask`` with zeros is refused.
+Padding: the encoder and the encoder-decoder take ``attention_mask`` as our models do (padded
+keys are never attended), so a padded batch gives each row's own logits at its real tokens, and
+``generate()`` of the encoder-decoder takes padded sources. A decoder accepts right padding
+(pads come after every real token, so they change no real token's logits); other zeros in its
+``attention_mask`` are refused. Memory computed over padding holds the pads' states, so such a
+cache is refused when passed back: carry memory across unpadded segments only.
 """
 
 from __future__ import annotations
@@ -37,10 +40,17 @@ class MnemosMemory:
     """Transformer-XL memory as a cache: per layer (B, M, d) hidden states, cut to ``mem_len``,
     and how many tokens it has seen (``generate()`` feeds only the ones after those)."""
 
-    def __init__(self, mem_len: int, mems: list[Tensor] | None = None, seen: int = 0) -> None:
+    def __init__(
+        self,
+        mem_len: int,
+        mems: list[Tensor] | None = None,
+        seen: int = 0,
+        padded: bool = False,
+    ) -> None:
         self.mem_len = mem_len
         self.mems = mems
         self.seen = seen
+        self.padded = padded  # computed over a padded batch: holds the pads' states
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen
@@ -73,16 +83,26 @@ class MnemosSeq2SeqOutput(ModelOutput):
     encoder_cache: MnemosMemory | None = None  # the encoder's memory, for the next segment
 
 
-def _check_mask(attention_mask: Tensor | None, *, causal: bool) -> None:
-    if attention_mask is None or bool(attention_mask.all()):
-        return
-    # Right padding: along each row the mask never goes from 0 back to 1.
-    right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
-    if not (causal and right_padded):
+def _padding(
+    attention_mask: Tensor | None, cache: MnemosMemory | None, *, causal: bool
+) -> Tensor | None:
+    """The mask to give our model: None when nothing is padded (the fast path). A decoder takes
+    right padding only, which its causal attention never reads for a real token."""
+    if cache is not None and cache.padded:
         raise ValueError(
-            "mnemos models attend to every input token (no padding mask): pass unpadded rows"
-            + (" or right padding" if causal else "")
+            "this cache was computed over a padded batch and holds the pads' states: carry "
+            "memory across unpadded segments only"
         )
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    if causal:
+        # Right padding: along each row the mask never goes from 0 back to 1.
+        if not bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all()):
+            raise ValueError(
+                "a mnemos decoder takes unpadded rows or right padding in attention_mask"
+            )
+        return None
+    return attention_mask.bool()
 
 
 class MnemosPreTrainedModel(PreTrainedModel):
@@ -106,10 +126,12 @@ class MnemosPreTrainedModel(PreTrainedModel):
         return cache
 
     @staticmethod
-    def _advance(cache: MnemosMemory | None, mems: list[Tensor], seen: int) -> MnemosMemory | None:
+    def _advance(
+        cache: MnemosMemory | None, mems: list[Tensor], seen: int, padded: bool = False
+    ) -> MnemosMemory | None:
         if cache is None:
             return None
-        return MnemosMemory(cache.mem_len, mems, cache.seen + seen)
+        return MnemosMemory(cache.mem_len, mems, cache.seen + seen, padded)
 
 
 class MnemosForCausalLM(MnemosPreTrainedModel, GenerationMixin):
@@ -137,13 +159,14 @@ class MnemosForCausalLM(MnemosPreTrainedModel, GenerationMixin):
         **kwargs: Any,
     ) -> MnemosOutput:
         cache = cache if cache is not None else kwargs.get("past_key_values")
-        _check_mask(attention_mask, causal=True)
+        _padding(attention_mask, cache, causal=True)
+        padded = attention_mask is not None and not bool(attention_mask.all())
         cache = self._start(cache, use_cache)
         if cache is None:
             logits, _ = self.mnemos(input_ids, None, mem_len=0)
         else:
             logits, mems = self.mnemos(input_ids, cache.mems, mem_len=cache.mem_len)
-            cache = self._advance(cache, mems, input_ids.size(1))
+            cache = self._advance(cache, mems, input_ids.size(1), padded)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
@@ -192,13 +215,15 @@ class MnemosForMaskedLM(MnemosPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs: Any,
     ) -> MnemosOutput:
-        _check_mask(attention_mask, causal=False)
+        mask = _padding(attention_mask, cache, causal=False)
         cache = self._start(cache, use_cache)
         if cache is None:
-            logits, _ = self.mnemos(input_ids, None, mem_len=0)
+            logits, _ = self.mnemos(input_ids, None, mem_len=0, attention_mask=mask)
         else:
-            logits, mems = self.mnemos(input_ids, cache.mems, mem_len=cache.mem_len)
-            cache = self._advance(cache, mems, input_ids.size(1))
+            logits, mems = self.mnemos(
+                input_ids, cache.mems, mem_len=cache.mem_len, attention_mask=mask
+            )
+            cache = self._advance(cache, mems, input_ids.size(1), mask is not None)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
@@ -228,13 +253,15 @@ class _EncoderView:
         **kwargs: Any,
     ) -> MnemosEncoderOutput:
         owner = self.owner
-        _check_mask(attention_mask, causal=False)
+        mask = _padding(attention_mask, cache, causal=False)
         cache = owner._start(cache, use_cache)
         if cache is None:
-            out, _ = owner.mnemos.encode(input_ids, None, 0)
+            out, _ = owner.mnemos.encode(input_ids, None, 0, attention_mask=mask)
         else:
-            out, mems = owner.mnemos.encode(input_ids, cache.mems, cache.mem_len)
-            cache = owner._advance(cache, mems, input_ids.size(1))
+            out, mems = owner.mnemos.encode(
+                input_ids, cache.mems, cache.mem_len, attention_mask=mask
+            )
+            cache = owner._advance(cache, mems, input_ids.size(1), mask is not None)
         return MnemosEncoderOutput(last_hidden_state=out, cache=cache)
 
 
@@ -280,7 +307,8 @@ class MnemosForSeq2SeqLM(MnemosPreTrainedModel, GenerationMixin):
             decoder_input_ids = torch.cat([first, labels[:, :-1]], dim=1)
             decoder_input_ids = decoder_input_ids.masked_fill(decoder_input_ids == -100, start)
         encoder_out = encoder_outputs[0]
-        logits = self.mnemos.decode(decoder_input_ids, encoder_out)
+        source_mask = _padding(attention_mask, None, causal=False)
+        logits = self.mnemos.decode(decoder_input_ids, encoder_out, source_mask)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(
@@ -294,6 +322,15 @@ class MnemosForSeq2SeqLM(MnemosPreTrainedModel, GenerationMixin):
         )
 
     def prepare_inputs_for_generation(
-        self, input_ids: Tensor, encoder_outputs: Any = None, **kwargs: Any
+        self,
+        input_ids: Tensor,
+        encoder_outputs: Any = None,
+        attention_mask: Tensor | None = None,
+        **kwargs: Any,
     ) -> dict[str, Any]:
-        return {"decoder_input_ids": input_ids, "encoder_outputs": encoder_outputs}
+        # The source's mask again at every step: the decoder must not attend the source's pads.
+        return {
+            "decoder_input_ids": input_ids,
+            "encoder_outputs": encoder_outputs,
+            "attention_mask": attention_mask,
+        }

@@ -33,7 +33,7 @@ from pretrain.finetune.heads import build_task_model
 from pretrain.finetune.loader import validation_batches
 from pretrain.finetune.metrics import classification_metrics, generation_metrics
 from pretrain.finetune.trainer import FINETUNE_KEY
-from pretrain.generate.sampling import SamplingConfig, next_token, sample
+from pretrain.generate.sampling import SamplingConfig, sample, sample_seq2seq
 from pretrain.model import Decoder, EncoderDecoder
 from pretrain.model.build import DTYPES
 
@@ -115,16 +115,7 @@ def generate(model: nn.Module, example: Example, tokenizer: Tokenizer, max_len: 
         prompt = torch.cat([source, torch.tensor([[special.eos]])], dim=1)
         ids = sample(model, prompt, greedy)[0].tolist()
     elif isinstance(model, EncoderDecoder):
-        encoded, _ = model.encode(source, None, 0)
-        decoder = torch.tensor([[special.pad]])
-        ids = []
-        generator = torch.Generator()  # unused at temperature 0; next_token's signature
-        for _ in range(greedy.max_new_tokens):
-            token = next_token(model.decode(decoder, encoded)[:, -1], greedy, generator)
-            ids.append(int(token))
-            if int(token) == special.eos:
-                break
-            decoder = torch.cat([decoder, token], dim=1)
+        ids = sample_seq2seq(model, source, greedy, start_id=special.pad)[0].tolist()
     else:
         raise ValueError(f"seq2seq generation needs a decoder or an encoder-decoder, got {model}")
     if special.eos in ids:

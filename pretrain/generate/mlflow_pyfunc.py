@@ -4,8 +4,10 @@ sequence-to-sequence pipeline for the flavor to name).
 
 MLflow saves this file itself into the model ("models from code", `pretrain.export.mlflow_model`),
 so the logged model does not depend on pickled classes. The export directory travels as the
-artifact ``export``. ``predict`` takes a list of texts and returns each one's greedy
-continuation (the text after it) of up to ``max_new_tokens`` (a parameter, default 32).
+artifact ``export``. ``predict`` takes a list of texts and returns, for each, a decoder's greedy
+continuation (the text after it) or an encoder-decoder's greedy output, of up to
+``max_new_tokens`` (a parameter, default 32). A native encoder has no text to write: load it
+with ``unwrap_python_model().pretrained``.
 A Hugging Face export needs torch and transformers where it is loaded; a native export needs
 mnemos (``pretrain.pretrained``).
 """
@@ -67,20 +69,32 @@ class MnemosExport(PythonModel):
         return str(self.tokenizer.decode(out[0].tolist(), skip_special_tokens=True))
 
     def _native(self, text: str, new_tokens: int) -> str:
-        from pretrain.generate.sampling import SamplingConfig, sample
-        from pretrain.model import Decoder
+        from pretrain.generate.sampling import SamplingConfig, sample, sample_seq2seq
+        from pretrain.model import Decoder, EncoderDecoder
 
         model, tokenizer = self.pretrained.model, self.pretrained.tokenizer
-        if not isinstance(model, Decoder) or tokenizer is None:
+        if not isinstance(model, Decoder | EncoderDecoder) or tokenizer is None:
             raise ValueError(
-                "predict continues text with a decoder and its tokenizer; load this "
-                f"{self.pretrained.config.family} with unwrap_python_model().pretrained instead"
+                "predict writes text with a decoder or an encoder-decoder and its tokenizer; "
+                f"load this {self.pretrained.config.family} with "
+                "unwrap_python_model().pretrained instead"
             )
+        special = tokenizer.special_ids
+        ids = torch.tensor([tokenizer.encode(text)])
+        if isinstance(model, Decoder):
+            greedy = SamplingConfig(
+                max_new_tokens=new_tokens, temperature=0.0, vocab_size=tokenizer.vocab_size
+            )
+            return tokenizer.decode(sample(model, ids, greedy)[0].tolist())
+        # The encoder-decoder's output for the text, up to eos (as a fine-tuned one is scored).
         greedy = SamplingConfig(
-            max_new_tokens=new_tokens, temperature=0.0, vocab_size=tokenizer.vocab_size
+            max_new_tokens=new_tokens,
+            temperature=0.0,
+            stop_id=special.eos,
+            vocab_size=tokenizer.vocab_size,
         )
-        new = sample(model, torch.tensor([tokenizer.encode(text)]), greedy)
-        return tokenizer.decode(new[0].tolist())
+        out = sample_seq2seq(model, ids, greedy, start_id=special.pad)[0].tolist()
+        return tokenizer.decode(out[: out.index(special.eos)] if special.eos in out else out)
 
 
 mlflow.models.set_model(MnemosExport())

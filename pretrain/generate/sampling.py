@@ -1,9 +1,12 @@
-"""Sampling from a decoder, incrementally, with the Transformer-XL memory as the cache.
+"""Sampling from a decoder, incrementally, with the Transformer-XL memory as the cache; and
+from an encoder-decoder, whose decoder keeps no memory.
 
-Each step feeds only the newest token and attends over the cache (the hidden states entering
-every layer for the tokens so far; see `pretrain.model.decoding`), so nothing is recomputed
-through the layers. The randomness comes from one seeded ``torch.Generator`` drawn on the CPU,
-so a seed gives the same text on any device.
+Each decoder step feeds only the newest token and attends over the cache (the hidden states
+entering every layer for the tokens so far; see `pretrain.model.decoding`), so nothing is
+recomputed through the layers. The encoder-decoder encodes the source once and runs its decoder
+over the whole output so far at each step (T5's decoder as our model has it). The randomness
+comes from one seeded ``torch.Generator`` drawn on the CPU, so a seed gives the same text on
+any device.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pretrain.model import Decoder, decode_step
+from pretrain.model import Decoder, EncoderDecoder, decode_step
 from pretrain.model.decoding import default_cache_len
 
 
@@ -128,3 +131,26 @@ def sample(
     if not out:
         return prompt[:, :0]
     return torch.cat(out, dim=1)
+
+
+def sample_seq2seq(
+    model: EncoderDecoder, source: Tensor, sampling: SamplingConfig, start_id: int
+) -> Tensor:
+    """The output for ``source`` (B, S) -> (B, <= max_new_tokens) new tokens, the decoder
+    started from ``start_id`` (the pad id, as the span collator shifts targets). Rows that
+    produced ``stop_id`` keep producing it until every row has, as `iter_sample`."""
+    sampling.validate()
+    generator = torch.Generator().manual_seed(sampling.seed)
+    out = source.new_full((source.size(0), 1), start_id)
+    done = torch.zeros(source.size(0), 1, dtype=torch.bool, device=source.device)
+    with torch.no_grad():
+        encoded, _ = model.encode(source, None, 0)
+        for _ in range(sampling.max_new_tokens):
+            token = next_token(model.decode(out, encoded)[:, -1], sampling, generator)
+            if sampling.stop_id is not None:
+                token = token.masked_fill(done, sampling.stop_id)
+                done |= token == sampling.stop_id
+            out = torch.cat([out, token], dim=1)
+            if bool(done.all()):
+                break
+    return out[:, 1:]

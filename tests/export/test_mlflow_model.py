@@ -145,3 +145,22 @@ def test_native_export_loads_as_pyfunc(tokenizer: Tokenizer, tmp_path: Path) -> 
     ids = _ids(tokenizer)
     with torch.no_grad():
         assert torch.equal(pretrained.model(ids)[0], model(ids)[0])
+
+
+def test_native_encoder_decoder_predicts_what_its_hf_export_generates(
+    tokenizer: Tokenizer, tmp_path: Path
+) -> None:
+    """The native pyfunc writes an encoder-decoder's greedy output; transformers' generate() on
+    the HF export of the same weights is the independent reference."""
+    model = _model("encoder_decoder", tokenizer)
+    native = save_pretrained(
+        model, tmp_path / "native", tokenizer_dir=str(tokenizer.path), info={"name": "tiny"}
+    )
+    predicted = mlflow.pyfunc.load_model(_logged(native, "encoder_decoder", tmp_path)).predict(
+        [PROMPT], params={"max_new_tokens": 6}
+    )
+    export = _hf_export(model, tokenizer, tmp_path / "hf")
+    hf = transformers.AutoModelForSeq2SeqLM.from_pretrained(export, trust_remote_code=True)
+    expected = hf.generate(_ids(tokenizer), max_new_tokens=6, do_sample=False)[0]
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(export, trust_remote_code=True)
+    assert predicted == [hf_tokenizer.decode(expected.tolist(), skip_special_tokens=True)]

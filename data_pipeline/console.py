@@ -95,6 +95,12 @@ def verbosity(args: argparse.Namespace) -> int:
     return min(getattr(args, "verbose", 0), 2) - min(getattr(args, "quiet", 0), 2)
 
 
+def first_process() -> bool:
+    """Whether this is the job's first process (rank 0, or the only one): for a line that every
+    rank would print alike, such as a summary of data all ranks read whole."""
+    return _rank() in (None, 0)
+
+
 def _rank() -> int | None:
     """This process's rank when the launcher started several (torchrun, SLURM, deepspeed)."""
     world = os.environ.get("WORLD_SIZE")

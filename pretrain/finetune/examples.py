@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+from data_pipeline.console import first_process
 from data_pipeline.tokenizer import Tokenizer
 from pretrain.config import Family
 from pretrain.finetune.config import TaskConfig
@@ -112,9 +113,11 @@ def encode_split(
                 target_text=second,
             )
         )
-    if counts.skipped and any(r in counts.by_reason for r in ("unknown label", "no token")):
+    # Every rank reads the whole split: its first process speaks for all.
+    skipped_here = any(r in counts.by_reason for r in ("unknown label", "no token"))
+    if counts.skipped and skipped_here and first_process():
         logger.warning("%s: %s", url, counts.describe())
-    if cut:
+    if cut and first_process():
         logger.info(
             "%s: %d of %d examples cut to max_len %d / max_target_len %d tokens",
             url,

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from data_pipeline.console import first_process
 from data_pipeline.readers import BadInputError
 
 logger = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ def read_records(
             counts.add(reason, where)
             continue
         records.append(Record(tuple(values), where))
-    if counts.skipped:
+    if counts.skipped and first_process():  # every rank reads the whole file alike
         logger.warning("%s: %s", url, counts.describe())
     if not records:
         raise BadRecordError(f"{url}: no usable record ({counts.read} read)")

@@ -14,8 +14,8 @@ submitted with ``--dependency=afterok:<previous job>``, so it starts only once e
 step before it succeeded. Every step is resumable: a failed task is rerun alone with
 ``sbatch --array=<i> <its script>`` (committed units and stage files are skipped, never redone),
 then the remaining steps are submitted again (`--from STEP --after <rerun job>`). The steps
-already queued behind the failed one never start (their afterok can no longer be met): SLURM
-cancels them, or leaves them pending with DependencyNeverSatisfied for `scancel`.
+already queued behind the failed one never start: their afterok can no longer be met, and
+``--kill-on-invalid-dep=yes`` has SLURM cancel them (not leave them pending for ever).
 """
 
 from __future__ import annotations
@@ -211,7 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             workdir=workdir,
         )
         path = out / f"{name}-{step.name}.sbatch"
-        dependency = [] if previous is None else [f"--dependency=afterok:{previous}"]
+        # A step whose afterok can no longer be met (a task before it failed) is cancelled by
+        # SLURM rather than left pending for ever: a rerun submits the rest anew (--from).
+        dependency = (
+            []
+            if previous is None
+            else [f"--dependency=afterok:{previous}", "--kill-on-invalid-dep=yes"]
+        )
         if args.dry_run:
             previous = f"<{step.name} job id>"
             print(f"# ==== {path}: sbatch {' '.join([*dependency, str(path)])}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from pretrain.config import Family
@@ -51,6 +52,27 @@ class LossParts:
 def target_count(batch: Batch, family: Family) -> int:
     """Target tokens in ``batch``, known before the forward pass (for the step's normaliser)."""
     return int((batch[TARGETS[family]] != IGNORE_INDEX).sum())
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """``batch`` on ``device``, without the masks that change nothing: ``memory_reset`` when no
+    row is flagged, ``attention_mask`` when every token is real. Decided here on the loader's
+    CPU tensors: the model would otherwise ask the device (`blocks.usable_memory`,
+    `attention.real_keys`), a host sync in every forward on a GPU."""
+    dropped = {
+        key
+        for key, unchanged in (("memory_reset", _none_set), ("attention_mask", _all_set))
+        if key in batch and batch[key].device.type == "cpu" and unchanged(batch[key])
+    }
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in dropped}
+
+
+def _none_set(flags: Tensor) -> bool:
+    return not bool(flags.any())
+
+
+def _all_set(flags: Tensor) -> bool:
+    return bool(flags.all())
 
 
 def forward_loss(

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from data_pipeline.progress import track
-from pretrain.batch_loss import OBJECTIVES, Mems, forward_loss
+from pretrain.batch_loss import OBJECTIVES, Mems, forward_loss, to_device
 from pretrain.config import ExperimentConfig, Family
 from pretrain.distributed.process_group import all_reduce_sum, raise_together
 from pretrain.loader import ShardError, ValidationLoader
@@ -103,7 +103,7 @@ def evaluate_model(
         except ShardError as err:
             failure = err
         raise_together(failure, ShardError)  # a bad shard on one rank stops them all, now
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = to_device(batch, device)
         parts = forward_loss(run, batch, mems, family)
         mems = parts.new_mems or None
         correct = (parts.logits.argmax(dim=-1) == parts.labels).sum()  # never IGNORE_INDEX

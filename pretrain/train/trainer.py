@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from data_pipeline.progress import eta
-from pretrain.batch_loss import OBJECTIVES, forward_loss, target_count
+from pretrain.batch_loss import OBJECTIVES, forward_loss, target_count, to_device
 from pretrain.checkpoint import layout as ckpt
 from pretrain.checkpoint import state as train_checkpoint
 from pretrain.config import ExperimentConfig
@@ -188,7 +188,7 @@ class Trainer:
     # -- one step ---------------------------------------------------------------------------
 
     def _to_device(self, batch: Batch) -> Batch:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        return to_device(batch, self.device)
 
     def forward_backward(self, batch: Batch, slot: int, scale: float) -> tuple[float, bool]:
         """One micro-batch: forward with the slot's memory, backward of the scaled loss.

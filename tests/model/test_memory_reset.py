@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from pretrain.batch_loss import forward_loss
+from pretrain.batch_loss import forward_loss, to_device
 from pretrain.model.blocks import row_keys
 from pretrain.model.families import EncoderDecoder, LanguageModel
 from tests.model.common import tiny_model, tokens
@@ -123,3 +123,22 @@ def test_forward_loss_passes_the_loaders_flags(family: str) -> None:
     assert torch.equal(parts.logits, expected)
     unflagged = forward_loss(model, keys, mems, family)  # type: ignore[arg-type]
     assert not torch.allclose(unflagged.logits[0], parts.logits[0])
+
+
+def test_masks_that_change_nothing_stay_on_the_host() -> None:
+    """`to_device` (the trainer's and the evaluator's) leaves out a memory_reset with no row
+    flagged and an attention_mask with no pad, decided on the CPU tensors, so the model never
+    asks the device whether they mask anything; a mask that does is kept."""
+    x = tokens(2, SEQ, seed=5)
+    plain = {"input_ids": x, "memory_reset": torch.tensor([False, False])}
+    plain["attention_mask"] = torch.ones(2, SEQ, dtype=torch.bool)
+    moved = to_device(plain, torch.device("cpu"))
+    assert set(moved) == {"input_ids"} and torch.equal(moved["input_ids"], x)
+    padded = {**plain, "memory_reset": torch.tensor([False, True])}
+    padded["attention_mask"] = torch.ones(2, SEQ, dtype=torch.bool)
+    padded["attention_mask"][1, -2:] = False
+    assert set(to_device(padded, torch.device("cpu"))) == {
+        "input_ids",
+        "memory_reset",
+        "attention_mask",
+    }

@@ -15,47 +15,36 @@ from typing import Any
 import pytest
 import tomllib
 
-from data_pipeline.configuration import from_dict
-from data_pipeline.schemas import TokenizerTrainingConfig
-from data_pipeline.tokenizer_training import train_tokenizer
 from tests.conftest import REPO_ROOT
 from tests.evaluate.test_harness import _run, _tasks
-from tests.helpers.tiny_models import tiny_export
+from tests.helpers.tiny_models import tiny_export, tiny_tokenizer
 
 lm_eval = pytest.importorskip("lm_eval", reason="lm-eval is the [eval] extra")
 
 SCRIPT = "mnemos-lm-eval"
 
 
-def _console_script() -> list[str]:
-    """The command pip's generated ``mnemos-lm-eval`` runs: its declared ``module:function``,
-    called and its result the exit code."""
+def _run_console_script(arguments: list[str]) -> subprocess.CompletedProcess[str]:
+    """``mnemos-lm-eval ARGUMENTS`` as pip's generated script runs it: its declared
+    ``module:function``, called and its result the exit code."""
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, function = scripts[SCRIPT].split(":")
     code = f"import sys; from {module} import {function}; sys.exit({function}())"
-    return [sys.executable, "-c", code]
+    return subprocess.run(
+        [sys.executable, "-c", code, *arguments],
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small Transformer-XL decoder with a char tokenizer of tinyshakespeare, exported."""
     root = tmp_path_factory.mktemp("harness_cli")
-    text = root / "shakespeare.txt"
-    text.write_text((REPO_ROOT / "corpora" / "tinyshakespeare" / "input.txt").read_text()[:50_000])
-    tokenizer = train_tokenizer(
-        from_dict(
-            TokenizerTrainingConfig,
-            {
-                "name": "char",
-                "output": str(root / "tokenizer"),
-                "kind": "sp_char",
-                "vocab_size": 80,
-                "source": {"paths": [str(text)], "format": "text", "text_mode": "file"},
-                "sample": {"max_items": 100, "item_chars": 2048},
-                "num_threads": 1,
-            },
-        )
-    )
+    text = (REPO_ROOT / "corpora" / "tinyshakespeare" / "input.txt").read_text()[:50_000]
+    tokenizer = tiny_tokenizer(root, "sp_char", 80, text)
     return tiny_export(root, tokenizer)
 
 
@@ -76,13 +65,7 @@ def test_console_script_runs_both_task_kinds(export: Path, tmp_path: Path) -> No
     arguments = ["--model", "mnemos", "--model_args", f"checkpoint={export}"]
     arguments += ["--tasks", "mnemos_rolling,mnemos_next_line", "--include_path", str(tasks)]
     arguments += ["--output_path", str(out)]
-    done = subprocess.run(
-        [*_console_script(), *arguments],
-        env=_environment(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = _run_console_script(arguments)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "mnemos_rolling" in done.stdout  # lm-eval's own results table
     (written,) = out.rglob("results_*.json")
@@ -103,13 +86,7 @@ def test_console_script_refuses_a_missing_checkpoint_in_one_line(tmp_path: Path)
     missing = tmp_path / "no_such_run"
     arguments = ["--model", "mnemos", "--model_args", f"checkpoint={missing}"]
     arguments += ["--tasks", "mnemos_rolling", "--include_path", str(tasks)]
-    done = subprocess.run(
-        [*_console_script(), *arguments],
-        env=_environment(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = _run_console_script(arguments)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]

@@ -9,10 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_pipeline.configuration import from_dict
-from data_pipeline.schemas import TokenizerTrainingConfig
 from data_pipeline.tokenizer import Tokenizer
-from data_pipeline.tokenizer_training import train_tokenizer
 from pretrain.config import ModelConfig
 from pretrain.export.hf import save_hf
 from pretrain.export.hf_tokenizer import write_hf_tokenizer
@@ -21,6 +18,7 @@ from pretrain.generate.sampling import SamplingConfig, sample
 from pretrain.model import Decoder, LanguageModel, build_model
 from pretrain.pretrained import INFO_FILE, save_pretrained
 from tests.conftest import REPO_ROOT
+from tests.helpers.tiny_models import tiny_tokenizer
 
 transformers = pytest.importorskip("transformers", reason="transformers is a dev dependency")
 mlflow = pytest.importorskip("mlflow")
@@ -31,21 +29,8 @@ PROMPT = "ROMEO: What say"
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
     root = tmp_path_factory.mktemp("tokenizer")
-    text = root / "shakespeare.txt"
-    text.write_text((REPO_ROOT / "corpora" / "tinyshakespeare" / "input.txt").read_text()[:50_000])
-    config = from_dict(
-        TokenizerTrainingConfig,
-        {
-            "name": "bpe",
-            "output": str(root / "artifact"),
-            "kind": "hf_bpe",
-            "vocab_size": 300,
-            "source": {"paths": [str(text)], "format": "text", "text_mode": "file"},
-            "sample": {"max_items": 100, "item_chars": 2048},
-            "num_threads": 1,
-        },
-    )
-    return train_tokenizer(config)
+    text = (REPO_ROOT / "corpora" / "tinyshakespeare" / "input.txt").read_text()[:50_000]
+    return tiny_tokenizer(root, "hf_bpe", 300, text)
 
 
 def _model(family: str, tokenizer: Tokenizer) -> LanguageModel:

@@ -27,9 +27,13 @@ TEXT = (
 ) * 40
 
 
-def tiny_tokenizer(root: Path, kind: str = "hf_bpe", vocab_size: int = 300) -> Tokenizer:
+def tiny_tokenizer(
+    root: Path, kind: str = "hf_bpe", vocab_size: int = 300, text: str = TEXT
+) -> Tokenizer:
+    """A ``kind`` tokenizer of ``vocab_size`` trained on ``text`` (default: the mixed-script
+    `TEXT`), with two sentinels."""
     corpus = root / "tokenizer_corpus.txt"
-    corpus.write_text(TEXT, encoding="utf-8")
+    corpus.write_text(text, encoding="utf-8")
     recipe = root / f"{kind}.yaml"
     recipe.write_text(
         f"name: {kind}\noutput: {root / kind}\nkind: {kind}\nvocab_size: {vocab_size}\n"
